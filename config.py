@@ -1,0 +1,214 @@
+"""BaseConfig: every field shared by all models, with its default.
+
+A model's config is ``class Config(BaseConfig)`` in ``<model>/config.py``; an experiment is a
+copy of that file (or a subclass of it) plus ``key=value`` overrides on the command line::
+
+    python train.py --config fcos/config.py backbone=resnet50 pretrained=True lr=0.005
+
+Fields are plain class attributes (numbers, strings, booleans, tuples). Overrides are parsed
+with ``ast.literal_eval`` and must match the type of the default (an int is accepted for a
+float field, and a single number for a tuple field); an unknown key is an error that names
+the key and suggests close matches. Nothing is built at import: datasets, models and
+optimizers are built from these values by the engine, through the three ``build_*`` methods
+that each model's Config defines with explicit imports (no registries).
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from public.data.demo import demo_paths
+
+REPO_ROOT = Path(__file__).resolve().parent
+_DEMO = demo_paths()
+
+
+class BaseConfig:
+    # ---- data ---------------------------------------------------------------------------
+    # Paths of a COCO-format dataset. The defaults point at the built-in demo data, which is
+    # generated on first use.
+    train_images: str = _DEMO["train_images"]
+    train_annotations: str = _DEMO["train_annotations"]
+    val_images: str = _DEMO["val_images"]
+    val_annotations: str = _DEMO["val_annotations"]
+    min_size: tuple = (800,)          # shorter side at training; several values = multi-scale
+    multiscale_mode: str = "choice"   # "choice": one of min_size; "range": any int in [min, max]
+    max_size: int = 1333              # longer side cap
+    test_min_size: int = 800          # shorter side at evaluation
+    resize_mode: str = "keep_ratio"   # "keep_ratio" (paper) or "square" (min_size x min_size)
+    hflip_prob: float = 0.5
+    size_divisible: int = 32          # batches are padded to a multiple of this
+    num_workers: int = 4
+    batch_size: int = 16              # per process (per GPU)
+
+    # ---- model --------------------------------------------------------------------------
+    backbone: str = "resnet50"        # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d
+    pretrained: bool = False          # ImageNet weights through torchvision's weight enums
+    backbone_weights: str = ""        # a local file with the backbone's ImageNet state dict (overrides download)
+    frozen_stages: int = 1            # 0: train all; 1: freeze stem + stage 1 (paper); up to 4
+    freeze_bn: bool = True            # frozen BatchNorm statistics and affine (paper); SyncBN under DDP if False
+    fpn_channels: int = 256
+    p6_from: str = "p5"               # "p5" (FCOS imprv, torchvision) or "c5" (RetinaNet paper)
+    num_convs: int = 4                # convs in each head tower
+    head_norm: str = "GN"             # "GN" or "none"
+    prior_prob: float = 0.01          # initial foreground probability of the classifier
+    init_from: str = ""               # fine-tune from a checkpoint (ours or torchvision's); class layer re-initialised if the class count differs
+
+    # ---- decoding -----------------------------------------------------------------------
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000       # per level, before NMS
+    nms_thresh: float = 0.6
+    detections_per_img: int = 100
+
+    # ---- optimisation -------------------------------------------------------------------
+    epochs: int = 12
+    optimizer: str = "sgd"            # "sgd" or "adamw"
+    lr: float = 0.01                  # for batch_size x world size = 16; scale linearly with the total batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4        # not applied to norm layers and biases
+    scheduler: str = "multistep"      # "multistep", "cosine" or "plateau" (ReduceLROnPlateau on mAP)
+    lr_steps: tuple = (8, 11)         # epochs at which multistep multiplies the lr by lr_gamma
+    lr_gamma: float = 0.1
+    plateau_patience: int = 2         # evaluations without improvement before plateau lowers the lr
+    warmup_iters: int = 500
+    warmup_factor: float = 0.001      # lr multiplier at iteration 0 of the linear warmup
+    clip_grad_norm: float = 0.0       # 0 disables gradient clipping
+    amp: bool = False                 # mixed precision with torch.amp (GradScaler for float16)
+    amp_dtype: str = "float16"        # "float16" or "bfloat16"
+    channels_last: bool = False
+
+    # ---- run ----------------------------------------------------------------------------
+    work_dir: str = ""                # default: work_dirs/<config name>
+    resume: str = ""                  # a latest.pth to resume from, or "auto" for work_dir/latest.pth
+    eval_interval: int = 1            # evaluate every N epochs (and always after the last)
+    log_interval: int = 20            # iterations between log lines
+    seed: int = 42
+    device: str = "auto"              # "auto" (cuda if available), "cuda", "cpu"
+    flops: bool = True                # count FLOPs and parameters at start
+
+    # ------------------------------------------------------------------------------------
+    def __init__(self, **overrides: Any) -> None:
+        for key, value in overrides.items():
+            self.set(key, value)
+
+    @classmethod
+    def fields(cls) -> dict[str, Any]:
+        """Every field with its default, base class first, in declaration order."""
+        out: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            for key, value in vars(klass).items():
+                if key.startswith("_") or callable(value) or isinstance(value, (classmethod, staticmethod, property)):
+                    continue
+                out[key] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.fields()}
+
+    def set(self, key: str, value: Any) -> None:
+        fields = self.fields()
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"unknown config key '{key}'{hint}")
+        setattr(self, key, _coerce(key, value, fields[key]))
+
+    def apply_overrides(self, items: list[str]) -> None:
+        """Apply ``key=value`` strings; values are Python literals (strings may be bare)."""
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"override '{item}' is not of the form key=value")
+            key, text = item.split("=", 1)
+            key = key.strip().lstrip("-")
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text  # a bare string such as backbone=resnet18
+            self.set(key, value)
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            self.set(key, value)
+
+    def __repr__(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    # Each model's Config builds its own pieces with explicit imports.
+    def build_model(self, num_classes: int):
+        raise NotImplementedError(f"{type(self).__name__} does not define build_model")
+
+    def build_loss(self):
+        raise NotImplementedError(f"{type(self).__name__} does not define build_loss")
+
+    def build_decoder(self):
+        raise NotImplementedError(f"{type(self).__name__} does not define build_decoder")
+
+    def convert_state_dict(self, state_dict: dict, category_ids: list[int]) -> tuple[dict, dict] | None:
+        """Recognise a foreign (torchvision) state dict and convert it; None if not recognised.
+
+        Returns (our state dict, config overrides that reproduce the foreign model's behaviour).
+        """
+        return None
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of ``default``; accept int for float, a scalar for a tuple."""
+    expected = type(default)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, tuple):
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return (value,)
+    elif isinstance(value, expected):
+        return value
+    raise TypeError(
+        f"config key '{key}' expects {expected.__name__} (default {default!r}), got {type(value).__name__} {value!r}"
+    )
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> BaseConfig:
+    """Import the config file at ``path``, instantiate its ``Config`` and apply overrides.
+
+    A file inside the repository is imported as its package module (``fcos/config.py`` ->
+    ``fcos.config``) so that it shares classes with the rest of the code; a file elsewhere
+    is imported from its path.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    try:
+        module_name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+        module = importlib.import_module(module_name)
+    except ValueError:  # outside the repository
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    if not hasattr(module, "Config"):
+        raise AttributeError(f"{path} defines no class Config")
+    cfg = module.Config()
+    cfg.apply_overrides(list(overrides))
+    if not cfg.work_dir:
+        cfg.work_dir = str(Path("work_dirs") / _config_name(path))
+    return cfg
+
+
+def _config_name(path: Path) -> str:
+    """fcos/config.py -> fcos; my_exps/fcos_r50.py -> fcos_r50."""
+    return path.parent.name if path.stem == "config" else path.stem

@@ -1,0 +1,44 @@
+"""FCOS defaults: the paper's 1x COCO recipe (FCOS "imprv" settings of the official code).
+
+Copy this file (or subclass Config) to make an experiment; every field of BaseConfig can be
+overridden here or as key=value on the command line.
+"""
+from config import BaseConfig
+
+
+class Config(BaseConfig):
+    backbone = "resnet50"
+    pretrained = True
+    p6_from = "p5"
+    # Head.
+    norm_reg_targets: bool = True       # regress l,t,r,b in strides with relu (imprv); False: exp() in pixels
+    centerness_on_reg: bool = True      # centerness branch on the regression tower (imprv)
+    location_offset: float = 0.5        # locations at (x + 0.5) * stride (official); torchvision: 0.0
+    # Assignment.
+    center_sampling_radius: float = 1.5 # in strides; 0 disables center sampling
+    scale_boundaries: tuple = (64, 128, 256, 512)  # max(l,t,r,b) ranges of P3..P7
+    # Losses.
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    box_loss: str = "giou"              # "giou" or "iou" (-log IoU)
+    box_loss_weighting: str = "centerness"  # "centerness" (official) or "none" (torchvision)
+    # Decoding.
+    score_thresh = 0.05
+    score_thresh_on: str = "cls"        # threshold the class probability (official) or "combined" sqrt(cls*ctr) (torchvision)
+    nms_thresh = 0.6
+
+    def build_model(self, num_classes: int):
+        from fcos.model import FCOS
+        return FCOS(self, num_classes)
+
+    def build_loss(self):
+        from fcos.loss import FCOSLoss
+        return FCOSLoss(self)
+
+    def build_decoder(self):
+        from fcos.decoder import FCOSDecoder
+        return FCOSDecoder(self)
+
+    def convert_state_dict(self, state_dict, category_ids):
+        from fcos.convert import from_torchvision
+        return from_torchvision(state_dict, category_ids)

@@ -1,0 +1,85 @@
+"""FCOS network: backbone + FPN + shared head -> raw per-location outputs.
+
+Shape walk-through for a 2 x 3 x 800 x 1216 input, C classes:
+    backbone+FPN -> P3..P7: [2, 256, 100, 152], [2, 256, 50, 76], [2, 256, 25, 38],
+                            [2, 256, 13, 19], [2, 256, 7, 10]
+    N = 15200 + 3800 + 950 + 247 + 70 = 20267 locations
+    cls_logits [2, N, C], box_reg [2, N, 4], centerness [2, N], points [N, 2], strides [N]
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from public.models.backbone import build_backbone
+from public.models.head import Scale, conv_tower, flatten_levels, prediction_conv, prior_bias
+from public.ops.anchors import grid_points
+
+FPN_STRIDES = (8, 16, 32, 64, 128)
+
+
+class FCOSHead(nn.Module):
+    """Shared over levels: a classification tower and a regression tower of ``num_convs``
+    3x3 convs, then class logits, 4 box distances and one centerness logit per location.
+
+    Args:
+        norm_reg_targets: regression is relu(Scale(x)) in units of the level's stride (FCOS
+            "imprv", torchvision); otherwise exp(Scale(x)) in pixels (the paper).
+        centerness_on_reg: centerness from the regression tower (imprv, torchvision) or the
+            classification tower (the paper).
+    """
+
+    def __init__(self, channels: int, num_classes: int, num_convs: int = 4, norm: str = "GN",
+                 prior_prob: float = 0.01, norm_reg_targets: bool = True, centerness_on_reg: bool = True,
+                 num_levels: int = len(FPN_STRIDES)):
+        super().__init__()
+        self.cls_tower = conv_tower(channels, num_convs, norm)
+        self.reg_tower = conv_tower(channels, num_convs, norm)
+        self.cls_logits = prediction_conv(channels, num_classes, prior_bias(prior_prob))
+        self.bbox_pred = prediction_conv(channels, 4)
+        self.centerness = prediction_conv(channels, 1)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        self.num_classes = num_classes
+        self.norm_reg_targets = norm_reg_targets
+        self.centerness_on_reg = centerness_on_reg
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features: [B, ch, H_l, W_l] per level -> cls [B, N, C], box [B, N, 4], centerness [B, N]."""
+        cls_out, box_out, ctr_out = [], [], []
+        for level, x in enumerate(features):
+            cls_feat = self.cls_tower(x)
+            reg_feat = self.reg_tower(x)
+            box = self.scales[level](self.bbox_pred(reg_feat))      # [B, 4, H, W]
+            box = F.relu(box) if self.norm_reg_targets else torch.exp(box)
+            cls_out.append(self.cls_logits(cls_feat))              # [B, C, H, W]
+            box_out.append(box)
+            ctr_out.append(self.centerness(reg_feat if self.centerness_on_reg else cls_feat))  # [B, 1, H, W]
+        return (flatten_levels(cls_out, self.num_classes),        # [B, N, C]
+                flatten_levels(box_out, 4),                        # [B, N, 4]
+                flatten_levels(ctr_out, 1).squeeze(-1))            # [B, N]
+
+
+class FCOS(nn.Module):
+    """images float [B, 3, H, W] (normalised) -> dict of raw outputs, concatenated over levels:
+
+    ``cls_logits`` [B, N, C], ``box_reg`` [B, N, 4] (l, t, r, b; in strides if
+    ``norm_reg_targets`` else pixels), ``centerness`` [B, N] logits, ``points`` [N, 2] (x, y)
+    pixels, ``strides`` [N], ``num_per_level`` list of 5 ints.
+    """
+
+    def __init__(self, cfg, num_classes: int):
+        super().__init__()
+        self.backbone = build_backbone(cfg)
+        self.head = FCOSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.head_norm, cfg.prior_prob,
+                             cfg.norm_reg_targets, cfg.centerness_on_reg)
+        self.location_offset = cfg.location_offset
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> dict:
+        features = list(self.backbone(images).values())   # P3..P7
+        cls_logits, box_reg, centerness = self.head(features)
+        points, strides, num_per_level = grid_points(
+            [f.shape[-2:] for f in features], FPN_STRIDES, self.location_offset, images.device)
+        return {"cls_logits": cls_logits, "box_reg": box_reg, "centerness": centerness,
+                "points": points, "strides": strides, "num_per_level": num_per_level}

@@ -1,0 +1,126 @@
+"""Sample transforms: numpy in, numpy out, `dict -> dict`.
+
+A sample is the dict `CocoDetection` returns: image uint8 [H, W, 3], boxes float32 [N, 4]
+xyxy pixels, labels int64 [N], image_id, orig_size (h, w), scale (sx, sy). Transforms that
+move pixels keep `scale` up to date so that `boxes_now = boxes_original * scale`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import cv2
+import numpy as np
+
+
+class Compose:
+    """Apply transforms in order: `Compose([a, b])(sample) == b(a(sample))`."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: dict) -> dict:
+        for transform in self.transforms:
+            sample = transform(sample)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
+
+
+class Resize:
+    """Resize the image and its boxes.
+
+    keep-ratio (default, the FCOS paper's "800 x 1333"): the shorter side becomes the chosen
+    min size unless that makes the longer side exceed `max_size`, in which case the longer
+    side becomes `max_size`. `square=True` resizes to (s, s) ignoring aspect ratio, so x and
+    y scales differ.
+
+    Args:
+        min_sizes: candidate shorter-side sizes (or square sides).
+        max_size: cap on the longer side (keep-ratio only).
+        mode: "choice" picks one of `min_sizes` per sample; "range" draws an integer uniformly
+            in [min(min_sizes), max(min_sizes)].
+        square: resize to a square instead of keeping the aspect ratio.
+    """
+
+    def __init__(self, min_sizes: tuple[int, ...], max_size: int, mode: str = "choice", square: bool = False):
+        if mode not in ("choice", "range"):
+            raise ValueError(f"Resize mode must be 'choice' or 'range', got {mode!r}")
+        if isinstance(min_sizes, int):
+            min_sizes = (min_sizes,)
+        if not min_sizes:
+            raise ValueError("Resize needs at least one min size")
+        self.min_sizes = tuple(int(s) for s in min_sizes)
+        self.max_size = int(max_size)
+        self.mode = mode
+        self.square = square
+
+    def _draw_size(self) -> int:
+        if self.mode == "range":
+            return random.randint(min(self.min_sizes), max(self.min_sizes))
+        return random.choice(self.min_sizes)
+
+    def output_size(self, height: int, width: int, size: int) -> tuple[int, int]:
+        """(new_h, new_w) for an input of `height` x `width` and target size `size`."""
+        if self.square:
+            return size, size
+        scale = size / min(height, width)
+        if max(height, width) * scale > self.max_size:
+            scale = self.max_size / max(height, width)
+        return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+    def __call__(self, sample: dict) -> dict:
+        image = sample["image"]
+        height, width = image.shape[:2]
+        new_h, new_w = self.output_size(height, width, self._draw_size())
+        # Exact per-axis ratios (rounding the size makes them differ slightly from the nominal scale).
+        sx, sy = new_w / width, new_h / height
+        out = dict(sample)
+        if (new_h, new_w) != (height, width):
+            out["image"] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        out["boxes"] = (sample["boxes"] * np.array([sx, sy, sx, sy], dtype=np.float32)).astype(np.float32)  # [N, 4]
+        old_sx, old_sy = sample.get("scale", (1.0, 1.0))
+        out["scale"] = (old_sx * sx, old_sy * sy)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Resize(min_sizes={self.min_sizes}, max_size={self.max_size}, mode={self.mode!r}, square={self.square})"
+
+
+class RandomHorizontalFlip:
+    """Mirror the image left-right with probability `prob`; boxes follow: x1' = W - x2, x2' = W - x1."""
+
+    def __init__(self, prob: float = 0.5):
+        self.prob = prob
+
+    def __call__(self, sample: dict) -> dict:
+        if random.random() >= self.prob:
+            return sample
+        image = sample["image"]
+        width = image.shape[1]
+        boxes = sample["boxes"]  # [N, 4]
+        out = dict(sample)
+        out["image"] = np.ascontiguousarray(image[:, ::-1])
+        out["boxes"] = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(prob={self.prob})"
+
+
+def build_transforms(cfg, train: bool) -> Compose:
+    """Training or evaluation transforms from a config.
+
+    Reads cfg.min_size (tuple of ints), cfg.max_size, cfg.multiscale_mode ("choice"|"range"),
+    cfg.resize_mode ("keep_ratio"|"square"), cfg.hflip_prob and cfg.test_min_size.
+    """
+    if cfg.resize_mode not in ("keep_ratio", "square"):
+        raise ValueError(f"resize_mode must be 'keep_ratio' or 'square', got {cfg.resize_mode!r}")
+    square = cfg.resize_mode == "square"
+    if train:
+        return Compose([
+            Resize(tuple(cfg.min_size), cfg.max_size, cfg.multiscale_mode, square),
+            RandomHorizontalFlip(cfg.hflip_prob),
+        ])
+    return Compose([Resize((cfg.test_min_size,), cfg.max_size, "choice", square)])

@@ -1,0 +1,107 @@
+"""Backbone + FPN: torchvision ResNet/ResNeXt, torchvision's FeaturePyramidNetwork, P3-P7.
+
+Module names follow torchvision's detection models (``body.*``, ``fpn.*``) so that their
+state dicts load without renaming.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+logger = logging.getLogger("densedet")
+
+BACKBONES = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+)
+
+
+class LastLevelP6P7(ExtraFPNBlock):
+    """P6 = 3x3/2 conv of P5 (or C5), P7 = 3x3/2 conv of relu(P6).
+
+    torchvision's block picks P5 or C5 from whether the channel counts happen to match;
+    here it is an explicit choice (``p6_from``), with the same parameter names.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, use_p5: bool):
+        super().__init__()
+        self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        for module in (self.p6, self.p7):
+            nn.init.kaiming_uniform_(module.weight, a=1)
+            nn.init.constant_(module.bias, 0)
+        self.use_p5 = use_p5
+
+    def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]):
+        p6 = self.p6(p[-1] if self.use_p5 else c[-1])
+        p7 = self.p7(F.relu(p6))
+        return p + [p6, p7], names + ["p6", "p7"]
+
+
+def _load_imagenet_weights(net: nn.Module, name: str, local_path: str) -> None:
+    if local_path:
+        path = Path(local_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone_weights file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        source = str(path)
+    else:
+        weights = torchvision.models.get_model_weights(name)["IMAGENET1K_V1"]
+        try:
+            state = weights.get_state_dict(progress=False)
+        except Exception as error:  # no network, proxy, ...
+            file_name = Path(weights.url).name
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+            raise RuntimeError(
+                f"could not download ImageNet weights for {name} from {weights.url} ({error}).\n"
+                f"Put the file at {cache} (torch hub cache), or pass backbone_weights=/path/to/{file_name}, "
+                f"or train from scratch with pretrained=False."
+            ) from error
+        source = weights.url
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise RuntimeError(f"backbone weights {source} do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    logger.info("loaded ImageNet weights for %s from %s", name, source)
+
+
+def build_backbone(cfg) -> BackboneWithFPN:
+    """ResNet/ResNeXt C3-C5 + FPN P3-P5 + P6/P7. Output: OrderedDict of 5 maps with
+    ``cfg.fpn_channels`` channels at strides 8, 16, 32, 64, 128.
+
+    Frozen stages and frozen BN follow the paper's fine-tuning recipe; without pretrained
+    weights, train everything (``frozen_stages=0 freeze_bn=False``).
+    """
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"backbone '{cfg.backbone}' is not one of {', '.join(BACKBONES)}")
+    if not 0 <= cfg.frozen_stages <= 4:
+        raise ValueError(f"frozen_stages must be in 0..4, got {cfg.frozen_stages}")
+    norm_layer = FrozenBatchNorm2d if cfg.freeze_bn else nn.BatchNorm2d
+    net = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm_layer)
+    if cfg.pretrained or cfg.backbone_weights:
+        _load_imagenet_weights(net, cfg.backbone, cfg.backbone_weights)
+
+    # frozen_stages=1 freezes the stem and layer1, 2 also layer2, ...
+    frozen = ["conv1", "bn1"] + [f"layer{i}" for i in range(1, cfg.frozen_stages + 1)] if cfg.frozen_stages else []
+    for name, param in net.named_parameters():
+        if any(name.startswith(prefix + ".") for prefix in frozen):
+            param.requires_grad_(False)
+
+    c3_channels = net.inplanes // 4  # inplanes is C5's channel count after construction
+    in_channels_list = [c3_channels, c3_channels * 2, c3_channels * 4]
+    if cfg.p6_from not in ("p5", "c5"):
+        raise ValueError(f"p6_from must be 'p5' or 'c5', got {cfg.p6_from!r}")
+    use_p5 = cfg.p6_from == "p5"
+    extra = LastLevelP6P7(cfg.fpn_channels if use_p5 else in_channels_list[-1], cfg.fpn_channels, use_p5)
+    return BackboneWithFPN(net, {"layer2": "c3", "layer3": "c4", "layer4": "c5"},
+                           in_channels_list, cfg.fpn_channels, extra_blocks=extra)
+

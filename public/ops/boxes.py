@@ -1,0 +1,44 @@
+"""Box encodings shared by the detectors."""
+from __future__ import annotations
+
+import torch
+
+
+def encode_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Distances (left, top, right, bottom) from points to box sides.
+
+    points [..., 2] (x, y) and boxes [..., 4] (x1, y1, x2, y2) broadcast -> [..., 4].
+    All four are positive exactly when the point lies strictly inside the box.
+    """
+    x, y = points[..., 0], points[..., 1]
+    return torch.stack([x - boxes[..., 0], y - boxes[..., 1], boxes[..., 2] - x, boxes[..., 3] - y], dim=-1)
+
+
+def decode_distances(points: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``encode_distances``: points [..., 2] + ltrb [..., 4] -> xyxy [..., 4]."""
+    x, y = points[..., 0], points[..., 1]
+    return torch.stack([x - distances[..., 0], y - distances[..., 1], x + distances[..., 2], y + distances[..., 3]], dim=-1)
+
+
+def centerness_target(distances: torch.Tensor) -> torch.Tensor:
+    """FCOS centerness (paper Eq. 3): sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)); [..., 4] -> [...]."""
+    left_right = distances[..., 0::2]
+    top_bottom = distances[..., 1::2]
+    ratio = (left_right.min(-1).values / left_right.max(-1).values) * (top_bottom.min(-1).values / top_bottom.max(-1).values)
+    return ratio.clamp(min=0).sqrt()
+
+
+def clip_boxes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """Clip boxes [B, K, 4] to their image; image_sizes [B, 2] (h, w)."""
+    h = image_sizes[:, 0].to(boxes.dtype)[:, None]
+    w = image_sizes[:, 1].to(boxes.dtype)[:, None]
+    x1 = torch.minimum(boxes[..., 0].clamp(min=0), w)
+    y1 = torch.minimum(boxes[..., 1].clamp(min=0), h)
+    x2 = torch.minimum(boxes[..., 2].clamp(min=0), w)
+    y2 = torch.minimum(boxes[..., 3].clamp(min=0), h)
+    return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """[..., 4] -> [...]."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
