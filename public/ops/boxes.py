@@ -42,3 +42,20 @@ def clip_boxes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """[..., 4] -> [...]."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def pairwise_iou(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of every anchor with every box of every image.
+
+    anchors [N, 4] (shared by the batch) or [B, N, 4]; boxes [B, M, 4] -> [B, N, M].
+    torchvision's ``box_iou`` is the 2-D case; this broadcasts it over the batch.
+    """
+    if anchors.dim() == 2:
+        anchors = anchors[None]
+    a = anchors[:, :, None, :]                                   # [B or 1, N, 1, 4]
+    b = boxes[:, None, :, :]                                     # [B, 1, M, 4]
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)                      # [B, N, M]
+    union = box_area(a) + box_area(b) - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
