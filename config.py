@@ -210,5 +210,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> BaseConf
 
 
 def _config_name(path: Path) -> str:
-    """fcos/config.py -> fcos; my_exps/fcos_r50.py -> fcos_r50."""
-    return path.parent.name if path.stem == "config" else path.stem
+    """Run name: the model folder for its configs, else the file name (my_exps/r50.py -> r50)."""
+    if path.stem.startswith("config"):  # fcos/config.py -> fcos, fcos/config_demo.py -> fcos_demo
+        return path.parent.name + path.stem[len("config"):]
+    return path.stem

@@ -11,15 +11,22 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+def normalize(images: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32 (x - mean) / std per channel, on the images' device.
 
-    Zero pad pixels become (0 - mean) / std; the model never sees past `image_sizes` in
-    its targets, so this is harmless.
+    With ``image_sizes`` [B, 2] (h, w), the padding beyond each image is set to 0 after
+    normalisation, as torchvision and detectron2 pad: the pad then reads as "average colour"
+    rather than as a dark border, the same for every padded size.
     """
     mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return (images.float() - mean) / std
+    out = (images.float() - mean) / std
+    if image_sizes is not None:
+        h, w = images.shape[-2:]
+        rows = torch.arange(h, device=images.device)[None, :] < image_sizes[:, 0:1]   # [B, H]
+        cols = torch.arange(w, device=images.device)[None, :] < image_sizes[:, 1:2]   # [B, W]
+        out = out * (rows[:, None, :, None] & cols[:, None, None, :])                  # [B, 3, H, W]
+    return out
 
 
 class Prefetcher:
@@ -45,7 +52,7 @@ class Prefetcher:
 
     def _prepare(self, batch):
         batch = batch.to(self.device, non_blocking=True)
-        images = normalize(batch.images)  # [B, 3, H, W] float32
+        images = normalize(batch.images, batch.image_sizes)  # [B, 3, H, W] float32
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return dataclasses.replace(batch, images=images)

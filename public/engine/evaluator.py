@@ -1,0 +1,141 @@
+"""COCO evaluation: run the model over a loader, map detections back to the original images
+and COCO category ids, gather the shards of all processes and score with pycocotools."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pycocotools.cocoeval import COCOeval
+
+from public.data.prefetcher import Prefetcher
+from public.engine.distributed import all_gather_objects, broadcast_object, is_main_process
+
+logger = logging.getLogger("densedet")
+
+# Names of COCOeval's 12 summary numbers, in its order; metrics.jsonl uses these keys.
+STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "mAR", "ARs", "ARm", "ARl")
+STAT_LABELS = (
+    "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]", "AP @[IoU=0.50      | area=   all | maxDets=100]",
+    "AP @[IoU=0.75      | area=   all | maxDets=100]", "AP @[IoU=0.50:0.95 | area= small | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AP @[IoU=0.50:0.95 | area= large | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=   all | maxDets=  1]", "AR @[IoU=0.50:0.95 | area=   all | maxDets= 10]",
+    "AR @[IoU=0.50:0.95 | area=   all | maxDets=100]", "AR @[IoU=0.50:0.95 | area= small | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AR @[IoU=0.50:0.95 | area= large | maxDets=100]",
+)
+
+
+@dataclass
+class EvalResult:
+    stats: list[float]                      # COCOeval's 12 numbers (-1 where undefined)
+    per_class: list[dict] = field(default_factory=list)  # {"name", "category_id", "AP", "AP50", "AP75", "num_gt"}
+    num_detections: int = 0
+    seconds_per_image: float = 0.0          # model + decoder, device synchronised, data loading excluded
+    coco_eval: COCOeval | None = None       # for callers that want more (precision arrays); main process only
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(zip(STAT_NAMES, self.stats))
+
+
+def detections_to_coco(detections: list[dict], batch, label_to_cat_id: list[int]) -> list[dict]:
+    """Per-image detections in input pixels -> COCO result dicts in original pixels (xywh)."""
+    results = []
+    cat_ids = np.asarray(label_to_cat_id)
+    for det, image_id, scale in zip(detections, batch.image_ids.tolist(), batch.scales.tolist()):
+        boxes = det["boxes"].float().cpu().numpy() / np.array([scale[0], scale[1], scale[0], scale[1]])
+        boxes[:, 2:] -= boxes[:, :2]                          # xyxy -> xywh
+        for box, score, label in zip(boxes.tolist(), det["scores"].tolist(), cat_ids[det["labels"].cpu().numpy()].tolist()):
+            results.append({"image_id": image_id, "category_id": label, "bbox": [round(v, 3) for v in box],
+                            "score": round(score, 5)})
+    return results
+
+
+@torch.no_grad()
+def predict(model, decoder, loader, device, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+            label_to_cat_id: list[int] | None = None, log_interval: int = 50):
+    """This process's shard -> (COCO result dicts, seconds per image of model + decoder)."""
+    was_training = model.training
+    model.eval()
+    results, compute_time, num_images = [], 0.0, 0
+    total = len(loader)
+    for i, batch in enumerate(Prefetcher(loader, device, channels_last)):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(batch.images)
+        detections = decoder(outputs, batch.image_sizes)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compute_time += time.perf_counter() - start
+        num_images += len(batch.image_ids)
+        results.extend(detections_to_coco(detections, batch, label_to_cat_id))
+        if (i + 1) % log_interval == 0:
+            logger.info("evaluating [%d/%d]", i + 1, total)
+    model.train(was_training)
+    return results, compute_time / max(num_images, 1)
+
+
+def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> EvalResult:
+    """Score COCO result dicts against ``coco_gt`` (a pycocotools COCO) with COCOeval."""
+    image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(image_ids)
+    if not results:
+        logger.warning("no detections: every AP and AR is 0")
+        return EvalResult(stats=[0.0] * 12, per_class=[
+            {"name": c["name"], "category_id": c["id"], "AP": 0.0, "AP50": 0.0, "AP75": 0.0,
+             "num_gt": len(coco_gt.getAnnIds(catIds=[c["id"]], iscrowd=False))}
+            for c in coco_gt.loadCats(sorted(coco_gt.getCatIds()))])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+        coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
+        coco_eval.params.imgIds = image_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    precision = coco_eval.eval["precision"]                    # [T=10 IoUs, R=101 recalls, K classes, A=4 areas, M=3 maxDets]
+    per_class = []
+    for k, cat_id in enumerate(coco_eval.params.catIds):
+        def ap(p):
+            p = p[p > -1]
+            return float(p.mean()) if p.size else -1.0
+        per_class.append({
+            "name": coco_gt.cats[cat_id].get("name", str(cat_id)), "category_id": cat_id,
+            "AP": ap(precision[:, :, k, 0, -1]), "AP50": ap(precision[0, :, k, 0, -1]),
+            "AP75": ap(precision[5, :, k, 0, -1]),
+            "num_gt": len(coco_gt.getAnnIds(imgIds=image_ids, catIds=[cat_id], iscrowd=False)),
+        })
+    return EvalResult(stats=[float(s) for s in coco_eval.stats], per_class=per_class,
+                      num_detections=len(results), coco_eval=coco_eval)
+
+
+def evaluate(model, decoder, loader, dataset, device, amp_dtype=None, channels_last=False) -> EvalResult:
+    """Predict this process's shard, gather all shards on the main process, score there, and
+    return the same metrics on every process (per-class details on the main one only)."""
+    results, seconds = predict(model, decoder, loader, device, amp_dtype, channels_last, dataset.label_to_cat_id)
+    shards = all_gather_objects((results, seconds))
+    result = None
+    if is_main_process():
+        merged = [r for shard, _ in shards for r in shard]
+        result = coco_evaluate(dataset.coco, merged, dataset.image_ids)
+        result.seconds_per_image = float(np.mean([s for _, s in shards]))
+    stats = broadcast_object(result.stats if result is not None else None)
+    return result if result is not None else EvalResult(stats=stats)
+
+
+def format_stats(stats: list[float]) -> str:
+    return "\n".join(f" {label} = {value:.3f}" for label, value in zip(STAT_LABELS, stats))
+
+
+def format_per_class(per_class: list[dict]) -> str:
+    """A table sorted by AP, weakest class first."""
+    width = max([len(c["name"]) for c in per_class] + [5])
+    lines = [f"{'class':<{width}}  {'AP':>6}  {'AP50':>6}  {'AP75':>6}  {'#gt':>6}"]
+    for c in sorted(per_class, key=lambda c: c["AP"]):
+        lines.append(f"{c['name']:<{width}}  {c['AP']:6.3f}  {c['AP50']:6.3f}  {c['AP75']:6.3f}  {c['num_gt']:6d}")
+    return "\n".join(lines)

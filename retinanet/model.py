@@ -1,0 +1,73 @@
+"""RetinaNet network: backbone + FPN + shared head -> raw per-anchor outputs.
+
+Shape walk-through for a 2 x 3 x 800 x 1216 input, C classes, A = 9 anchors per location:
+    backbone+FPN -> P3..P7: [2, 256, 100, 152], [2, 256, 50, 76], [2, 256, 25, 38],
+                            [2, 256, 13, 19], [2, 256, 7, 10]
+    head per level -> cls [2, A*C, H, W], box [2, A*4, H, W]
+    N = (15200 + 3800 + 950 + 247 + 70) * 9 = 182403 anchors
+    cls_logits [2, N, C], box_reg [2, N, 4], anchors [N, 4], num_per_level [136800, 34200, 8550, 2223, 630]
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from public.models.backbone import build_backbone
+from public.models.head import conv_tower, flatten_levels, prediction_conv, prior_bias
+from public.ops.anchors import grid_anchors, retinanet_anchor_sizes
+
+FPN_STRIDES = (8, 16, 32, 64, 128)
+
+
+class RetinaNetHead(nn.Module):
+    """Shared over levels (paper Sec. 4, Fig. 3): a classification tower and a box tower of
+    ``num_convs`` 3x3 convs, then A*C class logits and A*4 box deltas per location.
+
+    The classifier's rows are anchor-major: row a*C + k is class k of anchor a (torchvision's
+    layout, which ``flatten_levels`` reads).
+    """
+
+    def __init__(self, channels: int, num_anchors: int, num_classes: int, num_convs: int = 4,
+                 norm: str = "none", prior_prob: float = 0.01):
+        super().__init__()
+        self.cls_tower = conv_tower(channels, num_convs, norm)
+        self.reg_tower = conv_tower(channels, num_convs, norm)
+        self.cls_logits = prediction_conv(channels, num_anchors * num_classes, prior_bias(prior_prob))
+        self.bbox_pred = prediction_conv(channels, num_anchors * 4)
+        self.num_classes = num_classes
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """features: [B, ch, H_l, W_l] per level -> cls [B, N, C], box deltas [B, N, 4]."""
+        cls_out = [self.cls_logits(self.cls_tower(x)) for x in features]   # [B, A*C, H, W] each
+        box_out = [self.bbox_pred(self.reg_tower(x)) for x in features]    # [B, A*4, H, W] each
+        return flatten_levels(cls_out, self.num_classes), flatten_levels(box_out, 4)  # [B, N, C], [B, N, 4]
+
+
+class RetinaNet(nn.Module):
+    """images float [B, 3, H, W] (normalised) -> dict of raw outputs, concatenated over levels:
+
+    ``cls_logits`` [B, N, C], ``box_reg`` [B, N, 4] deltas (dx, dy, dw, dh) relative to
+    ``anchors`` [N, 4] xyxy pixels, ``num_per_level`` anchors per level (5 ints).
+    Order of N: level, row-major location, anchor (ratio major, size minor).
+    """
+
+    def __init__(self, cfg, num_classes: int):
+        super().__init__()
+        self.backbone = build_backbone(cfg)
+        self.anchor_sizes = retinanet_anchor_sizes(cfg.anchor_octave_base, cfg.anchor_scales_per_octave,
+                                                   FPN_STRIDES, integer=cfg.anchor_int_sizes)
+        self.aspect_ratios = tuple(float(r) for r in cfg.aspect_ratios)
+        self.anchor_offset = cfg.anchor_offset
+        self.anchor_round_corners = cfg.anchor_round_corners
+        num_anchors = cfg.anchor_scales_per_octave * len(self.aspect_ratios)
+        self.head = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes, cfg.num_convs, cfg.head_norm,
+                                  cfg.prior_prob)
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> dict:
+        features = list(self.backbone(images).values())   # P3..P7
+        cls_logits, box_reg = self.head(features)
+        anchors, num_per_level = grid_anchors(
+            [f.shape[-2:] for f in features], FPN_STRIDES, self.anchor_sizes, self.aspect_ratios,
+            self.anchor_offset, images.device, round_corners=self.anchor_round_corners)
+        return {"cls_logits": cls_logits, "box_reg": box_reg, "anchors": anchors, "num_per_level": num_per_level}

@@ -1,0 +1,50 @@
+"""Train a detector, or score a checkpoint.
+
+    python train.py                                    # FCOS on the built-in demo data (CPU is fine)
+    python train.py --config fcos/config.py train_images=DIR train_annotations=FILE \
+        val_images=DIR val_annotations=FILE epochs=12  # your COCO-format data
+    torchrun --nproc_per_node=8 train.py --config fcos/config.py ...   # DDP, one process per GPU
+    python train.py --config fcos/config.py --evaluate work_dirs/fcos/best.pth
+
+Any config field can be overridden as key=value (Python literals; bare words are strings).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from config import load_config
+
+DEFAULT_CONFIG = "fcos/config_demo.py"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"a model's config file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--evaluate", metavar="CKPT", default="",
+                        help="score this checkpoint (ours or a torchvision state dict) on the validation set and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+    from public.engine import distributed
+    from public.engine.trainer import evaluate_checkpoint, train
+    try:
+        if args.evaluate:
+            evaluate_checkpoint(cfg, args.evaluate)
+        else:
+            train(cfg)
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
