@@ -137,8 +137,8 @@ def train(cfg) -> float:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if dist_utils.is_distributed() and not cfg.freeze_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if dist_utils.is_distributed() and not cfg.freeze_bn and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs' images
     loss_fn, decoder = cfg.build_loss(), cfg.build_decoder()
     optimizer = build_optimizer(cfg, model)
     scheduler = LRScheduler(optimizer, cfg, len(train_loader))

@@ -1,0 +1,77 @@
+"""Command line: a short training run writes its files, --evaluate reproduces the best mAP,
+and a run resumed from latest.pth continues at the next epoch."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from config import load_config
+from helpers import demo_subset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args, cwd=REPO):
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    train_images, train_json = demo_subset(tmp, 12, "train")
+    val_images, val_json = demo_subset(tmp, 6, "val")
+    work_dir = tmp / "run"
+    common = [f"train_images={train_images}", f"train_annotations={train_json}", f"val_images={val_images}",
+              f"val_annotations={val_json}", f"work_dir={work_dir}", "batch_size=4", "num_workers=0",
+              "min_size=(128,)", "test_min_size=128", "flops=False", "warmup_iters=2", "log_interval=1"]
+    out = run(["--config", "fcos/config_demo.py", *common, "epochs=2", "eval_interval=1"])
+    return work_dir, common, out
+
+
+def test_run_writes_log_metrics_and_checkpoints(short_run):
+    work_dir, _, out = short_run
+    for name in ("train.log", "metrics.jsonl", "latest.pth", "best.pth", "config.json"):
+        assert (work_dir / name).is_file(), name
+    records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    keys = "epoch mAP AP50 AP75 APs APm APl AR1 AR10 mAR ARs ARm ARl".split()
+    assert all(k in records[0] for k in keys) and "loss_cls" in records[0]
+    assert "mAP" in (work_dir / "train.log").read_text() and "epoch 2: mAP" in out
+    latest = torch.load(work_dir / "latest.pth", weights_only=True)
+    assert latest["epoch"] == 2 and latest["classes"]["category_ids"] == [3, 7, 12, 40, 90]
+    assert json.loads((work_dir / "config.json").read_text())["batch_size"] == 4
+
+
+def test_evaluate_reproduces_best_map(short_run):
+    work_dir, common, _ = short_run
+    records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    best = max(r["mAP"] for r in records)
+    assert torch.load(work_dir / "best.pth", weights_only=True)["best_map"] == best
+    from public.engine.trainer import evaluate_checkpoint
+    cfg = load_config("fcos/config_demo.py", common)
+    result = evaluate_checkpoint(cfg, str(work_dir / "best.pth"))
+    assert result.stats[0] == best                       # exactly, not approximately
+    assert len(result.per_class) == 5
+    out = run(["--config", "fcos/config_demo.py", *common, "--evaluate", str(work_dir / "best.pth")])
+    assert f"mAP {best:.4f}" in out and "per-class AP" in out
+
+
+def test_resume_continues_at_next_epoch(short_run):
+    work_dir, common, _ = short_run
+    out = run(["--config", "fcos/config_demo.py", *common, "epochs=3", "resume=auto"])
+    assert "resumed from" in out and "at epoch 3" in out
+    assert "epoch 1/3" not in out and "epoch 3/3" in out
+    records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert torch.load(work_dir / "latest.pth", weights_only=True)["epoch"] == 3
+
+
+def test_bad_override_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "train.py", "epochz=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown config key 'epochz'" in proc.stderr and "epochs" in proc.stderr

@@ -1,0 +1,68 @@
+"""FCOS assignment, loss and overfit tests (the torchvision oracle is test_fcos_oracle.py)."""
+import torch
+
+from fcos.config_demo import Config as DemoConfig
+from fcos.loss import FCOSLoss, fcos_assign, level_size_bounds
+from helpers import demo_subset, overfit
+
+
+def test_assignment_by_hand():
+    """Two levels, stride 8 and 16, locations at cell centres of a 32 x 32 image:
+    level 0: x,y in {4, 12, 20, 28} (16 points), level 1: x,y in {8, 24} (4 points).
+    Box A (0, 0, 16, 16), max side distance <= 16 -> level 0 range (0, 20).
+    Box B (0, 0, 32, 32) reaches 28 from (4, 4) -> level 1 range (20, inf), and at level 0
+    only its centre-near points (within 1.5 * 8 of (16, 16)) fall in range... but their max
+    distance is 20 or more (> 20 is not < 20), so B has no level-0 locations.
+    """
+    from public.ops.anchors import grid_points
+    points, strides, counts = grid_points([(4, 4), (2, 2)], [8, 16], 0.5, torch.device("cpu"))
+    lower, upper = level_size_bounds(counts, (20,), points.device)
+    targets = torch.tensor([[[0, 0, 16, 16, 1], [0, 0, 32, 32, 0], [-1, -1, -1, -1, -1]]], dtype=torch.float)
+    matched = fcos_assign(points, strides, lower, upper, targets, center_sampling_radius=1.5)
+    expected = torch.full((1, 20), -1)
+    # Box A, centre (8, 8), radius 12: level-0 points (4,4), (12,4), (4,12), (12,12) are inside
+    # A; their max distances are 12 < 20. (20, *) and (*, 20) lie outside A.
+    for idx in (0, 1, 4, 5):
+        expected[0, idx] = 0
+    # Box B, centre (16, 16), radius 24 at level 1: all four level-1 points (8|24, 8|24) are
+    # inside B with max distance 24 > 20.
+    expected[0, 16:] = 1
+    assert torch.equal(matched, expected)
+    # Without center sampling nothing changes here; with radius 0.4 only points within
+    # 0.4 * 8 = 3.2 px of A's centre (8, 8) would qualify: none.
+    none_near = fcos_assign(points, strides, lower, upper, targets[:, :1], center_sampling_radius=0.4)
+    assert (none_near[0, :16] == -1).all()
+
+
+def test_min_area_wins_on_overlap():
+    from public.ops.anchors import grid_points
+    points, strides, counts = grid_points([(8, 8)], [8], 0.5, torch.device("cpu"))
+    lower, upper = level_size_bounds(counts, (), points.device)
+    big = [0, 0, 64, 64, 2]
+    small = [16, 16, 48, 48, 3]
+    matched = fcos_assign(points, strides, lower, upper, torch.tensor([[big, small]], dtype=torch.float), 0.0)
+    inside_small = ((points > 16) & (points < 48)).all(1)
+    assert (matched[0, inside_small] == 1).all() and (matched[0, ~inside_small] == 0).all()
+    assert inside_small.sum() == 16
+
+
+def test_empty_batch_gives_zero_box_loss():
+    cfg = DemoConfig()
+    model = cfg.build_model(5)
+    outputs = model(torch.randn(2, 3, 64, 96))
+    targets = torch.zeros(2, 0, 5)
+    losses = FCOSLoss(cfg)(outputs, targets)
+    assert losses["loss_box"].item() == 0.0 and losses["loss_centerness"].item() == 0.0
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"].item() > 0
+    # Background only: the classification loss still trains (gradient reaches the classifier).
+    sum(losses.values()).backward()
+    assert model.head.cls_logits.weight.grad.abs().sum() > 0
+
+
+def test_overfit_small_fcos(tmp_path):
+    images, annotations = demo_subset(tmp_path, 4)
+    cfg = DemoConfig()
+    ap, seconds = overfit(cfg, images, annotations, steps=250)
+    print(f"FCOS overfit: AP {ap:.3f} in {seconds:.0f}s")
+    assert ap >= 0.9, ap
+    assert seconds < 120
