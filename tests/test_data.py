@@ -373,16 +373,21 @@ def test_default_demo_sizes_have_negatives(tmp_path):
     assert len(raw["images"]) == 60 and len(raw["images"]) - len(with_boxes) == 2  # round(0.03 * 60)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_prefetcher_on_cuda_matches_cpu(messy_dataset):
+def test_prefetcher_normalises_and_zeroes_padding(messy_dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset = CocoDetection(*messy_dataset, transforms=Resize((40,), 1000))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate, pin_memory=True)
-    cpu_batches = list(Prefetcher(loader, "cpu"))
-    cuda_batches = list(Prefetcher(loader, "cuda", channels_last=True))
-    assert len(cuda_batches) == len(cpu_batches) == 2
-    for cpu_batch, cuda_batch in zip(cpu_batches, cuda_batches):
-        assert cuda_batch.images.is_cuda and cuda_batch.images.is_contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(cuda_batch.images.cpu(), cpu_batch.images)
-        torch.testing.assert_close(cuda_batch.targets.cpu(), cpu_batch.targets)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate)
+    raw_batches = list(loader)
+    batches = list(Prefetcher(loader, "cpu", channels_last=True))
+    assert len(batches) == len(raw_batches) == 2
+    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+    for raw, batch in zip(raw_batches, batches):
+        assert batch.images.dtype == torch.float32
+        assert batch.images.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(batch.targets, raw.targets)
+        for i, (h, w) in enumerate(raw.image_sizes.tolist()):
+            inside = (raw.images[i, :, :h, :w].float() - mean) / std
+            torch.testing.assert_close(batch.images[i, :, :h, :w], inside)
+            assert batch.images[i, :, h:, :].abs().sum() == 0 and batch.images[i, :, :, w:].abs().sum() == 0
