@@ -33,18 +33,18 @@ class BaseConfig:
     # ---- data ---------------------------------------------------------------------------
     # Paths of a COCO-format dataset. The defaults point at the built-in demo data, which is
     # generated on first use.
-    train_images: str = _DEMO["train_images"]
-    train_annotations: str = _DEMO["train_annotations"]
-    val_images: str = _DEMO["val_images"]
-    val_annotations: str = _DEMO["val_annotations"]
+    train_images: str = _DEMO["train_images"]            # folder of the training images
+    train_annotations: str = _DEMO["train_annotations"]  # COCO json of the training images
+    val_images: str = _DEMO["val_images"]                # folder of the validation images
+    val_annotations: str = _DEMO["val_annotations"]      # COCO json of the validation images
     min_size: tuple = (800,)          # shorter side at training; several values = multi-scale
     multiscale_mode: str = "choice"   # "choice": one of min_size; "range": any int in [min, max]
     max_size: int = 1333              # longer side cap
     test_min_size: int = 800          # shorter side at evaluation
     resize_mode: str = "keep_ratio"   # "keep_ratio" (paper) or "square" (min_size x min_size)
-    hflip_prob: float = 0.5
+    hflip_prob: float = 0.5           # probability of a horizontal flip at training
     size_divisible: int = 32          # batches are padded to a multiple of this
-    num_workers: int = 4
+    num_workers: int = 4              # data-loading processes per training process
     batch_size: int = 16              # per process (per GPU)
 
     # ---- model --------------------------------------------------------------------------
@@ -53,7 +53,10 @@ class BaseConfig:
     backbone_weights: str = ""        # a local file with the backbone's ImageNet state dict (overrides download)
     frozen_stages: int = 1            # 0: train all; 1: freeze stem + stage 1 (paper); up to 4
     freeze_bn: bool = True            # frozen BatchNorm statistics and affine (paper); SyncBN under DDP if False
-    fpn_channels: int = 256
+    # Modulated deformable conv (DCNv2) for the 3x3 conv of every block of layer1..layer4;
+    # (False, True, True, True) is the DCNv2 paper's and the ATSS "dcnv2" models' choice.
+    dcn_stages: tuple = (False, False, False, False)
+    fpn_channels: int = 256           # channels of every FPN level and head conv
     p6_from: str = "p5"               # "p5" (FCOS imprv, torchvision) or "c5" (RetinaNet paper)
     num_convs: int = 4                # convs in each head tower
     head_norm: str = "GN"             # "GN" or "none"
@@ -61,34 +64,50 @@ class BaseConfig:
     init_from: str = ""               # fine-tune from a checkpoint (ours or torchvision's); class layer re-initialised if the class count differs
 
     # ---- decoding -----------------------------------------------------------------------
-    score_thresh: float = 0.05
+    score_thresh: float = 0.05        # candidates below this score are dropped before NMS
     topk_candidates: int = 1000       # per level, before NMS
-    nms_thresh: float = 0.6
-    detections_per_img: int = 100
+    nms_thresh: float = 0.6           # IoU above which NMS suppresses a box of the same class
+    detections_per_img: int = 100     # kept after NMS, best first
+
+    # ---- test-time augmentation (test.py --tta) ------------------------------------------
+    # Each scale (shorter side, longer side capped at tta_max_size) is run as is and, with
+    # tta_flip, mirrored. A scale keeps only the boxes whose sqrt(area) in original pixels lies
+    # in its range (min, max]: small scales keep the large objects, large scales the small
+    # ones (the ATSS paper's multi-scale testing; ranges follow its 12-scale SCALE_RANGES
+    # at the same scales). The pooled boxes are merged by tta_merge: "vote" (NMS, then each
+    # kept box = score-weighted mean of its class's boxes with IoU >= tta_vote_iou), "soft_vote"
+    # (the FCOS/ATSS code's soft box voting) or "nms".
+    tta_scales: tuple = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
+    tta_max_size: int = 2000
+    tta_flip: bool = True
+    tta_scale_ranges: tuple = ((96, 10000), (96, 10000), (64, 10000), (64, 10000), (0, 10000),
+                               (0, 10000), (0, 10000), (0, 256), (0, 256))
+    tta_merge: str = "vote"
+    tta_vote_iou: float = 0.66
 
     # ---- optimisation -------------------------------------------------------------------
-    epochs: int = 12
+    epochs: int = 12                  # 12 = the "1x" schedule on COCO
     optimizer: str = "sgd"            # "sgd" or "adamw"
     lr: float = 0.01                  # for batch_size x world size = 16; scale linearly with the total batch
-    momentum: float = 0.9
+    momentum: float = 0.9             # SGD momentum
     weight_decay: float = 1e-4        # not applied to norm layers and biases
     scheduler: str = "multistep"      # "multistep", "cosine" or "plateau" (ReduceLROnPlateau on mAP)
     lr_steps: tuple = (8, 11)         # epochs at which multistep multiplies the lr by lr_gamma
-    lr_gamma: float = 0.1
+    lr_gamma: float = 0.1             # lr multiplier of multistep and plateau
     plateau_patience: int = 2         # evaluations without improvement before plateau lowers the lr
-    warmup_iters: int = 500
+    warmup_iters: int = 500           # linear warmup iterations at the start
     warmup_factor: float = 0.001      # lr multiplier at iteration 0 of the linear warmup
     clip_grad_norm: float = 0.0       # 0 disables gradient clipping
     amp: bool = False                 # mixed precision with torch.amp (GradScaler for float16)
     amp_dtype: str = "float16"        # "float16" or "bfloat16"
-    channels_last: bool = False
+    channels_last: bool = False       # NHWC memory format (faster convs with AMP on recent GPUs)
 
     # ---- run ----------------------------------------------------------------------------
     work_dir: str = ""                # default: work_dirs/<config name>
     resume: str = ""                  # a latest.pth to resume from, or "auto" for work_dir/latest.pth
     eval_interval: int = 1            # evaluate every N epochs (and always after the last)
     log_interval: int = 20            # iterations between log lines
-    seed: int = 42
+    seed: int = 42                    # random seed (each process adds its rank)
     device: str = "auto"              # "auto" (cuda if available), "cuda", "cpu"
     flops: bool = True                # count FLOPs and parameters at start
 
