@@ -1,0 +1,99 @@
+"""Engine pieces: LR schedule numbers, atomic checkpoints, init_from a torchvision state dict,
+the non-finite loss stop."""
+import math
+
+import pytest
+import torch
+
+from fcos.config_demo import Config as DemoConfig
+from public.data.collate import Batch
+from public.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from public.engine.optim import LRScheduler, build_optimizer
+from public.engine.trainer import init_weights_from, train_one_epoch
+
+
+def test_warmup_then_multistep():
+    cfg = DemoConfig(lr=0.01, scheduler="multistep", lr_steps=(2, 3), lr_gamma=0.1, warmup_iters=10,
+                     warmup_factor=0.001, epochs=4)
+    model = torch.nn.Linear(2, 2)
+    sched = LRScheduler(build_optimizer(cfg, model), cfg, iters_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(sched.get_lr())
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01 * 0.001)
+    assert lrs[5] == pytest.approx(0.01 * (0.001 * 0.5 + 0.5))       # halfway through warmup
+    assert lrs[10] == pytest.approx(0.01) and lrs[19] == pytest.approx(0.01)
+    assert lrs[20] == pytest.approx(0.001) and lrs[30] == pytest.approx(0.0001)
+    # No weight decay on biases (1-D parameters).
+    groups = sched.optimizer.param_groups
+    assert groups[0]["weight_decay"] == cfg.weight_decay and groups[1]["weight_decay"] == 0.0
+    assert groups[1]["params"][0] is model.bias
+
+
+def test_cosine_and_plateau():
+    cfg = DemoConfig(lr=1.0, scheduler="cosine", warmup_iters=0, epochs=2)
+    sched = LRScheduler(build_optimizer(cfg, torch.nn.Linear(2, 2)), cfg, iters_per_epoch=5)
+    for _ in range(5):
+        sched.step()
+    assert sched.get_lr() == pytest.approx(0.5)                        # half way: cos(pi/2)
+    cfg = DemoConfig(lr=1.0, scheduler="plateau", warmup_iters=0, plateau_patience=1, lr_gamma=0.5)
+    sched = LRScheduler(build_optimizer(cfg, torch.nn.Linear(2, 2)), cfg, iters_per_epoch=5)
+    for value in (0.3, 0.2, 0.2):                                       # best, then 2 without improvement
+        sched.step_metric(value)
+    assert sched.get_lr() == pytest.approx(0.5)
+    state = sched.state_dict()
+    assert all(isinstance(v, (int, float)) for v in state.values())     # loads with weights_only=True
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "ck" / "latest.pth"
+    save_checkpoint({"format": "densedet", "model": {"w": torch.ones(2)}, "epoch": 3}, path)
+    save_checkpoint({"format": "densedet", "model": {"w": torch.zeros(2)}, "epoch": 4}, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["latest.pth"]   # no temp files left
+    state = load_checkpoint(path)
+    assert state["epoch"] == 4 and torch.equal(state["model"]["w"], torch.zeros(2))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_init_from_torchvision_fcos_reinitialises_class_layer(tmp_path):
+    from torchvision.models.detection import fcos_resnet50_fpn
+    tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    path = tmp_path / "tv_fcos.pth"
+    torch.save(tv.state_dict(), path)
+    cfg = DemoConfig(backbone="resnet50", fpn_channels=256, num_convs=4)
+    model = cfg.build_model(num_classes=3)
+    fresh_cls = model.head.cls_logits.weight.clone()
+    # Category ids 1, 2, 200: 200 has no row in torchvision's 91 outputs -> class layer re-initialised.
+    init_weights_from(model, cfg, str(path), [1, 2, 200])
+    assert torch.equal(model.head.cls_logits.weight, fresh_cls)
+    assert torch.equal(model.head.bbox_pred.weight, tv.head.regression_head.bbox_reg.weight)
+    assert torch.equal(model.backbone.body.layer3[0].conv1.weight, tv.backbone.body.layer3[0].conv1.weight)
+    # COCO-style ids pick torchvision's rows.
+    model = cfg.build_model(num_classes=3)
+    init_weights_from(model, cfg, str(path), [1, 2, 90])
+    assert torch.equal(model.head.cls_logits.weight, tv.head.classification_head.cls_logits.weight[[1, 2, 90]])
+
+
+def test_mismatched_checkpoint_is_a_clear_error():
+    small = DemoConfig().build_model(5)
+    other = DemoConfig(fpn_channels=32).build_model(5)
+    with pytest.raises(RuntimeError, match="does not fit the model built from the config"):
+        load_model_weights(other, small.state_dict(), "x.pth")
+
+
+def test_non_finite_loss_stops_with_loss_dict_and_image_ids():
+    cfg = DemoConfig(log_interval=1)
+    model = torch.nn.Conv2d(3, 1, 1)
+    batch = Batch(images=torch.zeros(2, 3, 32, 32, dtype=torch.uint8), targets=torch.zeros(2, 0, 5),
+                  image_sizes=torch.tensor([[32, 32]] * 2), scales=torch.ones(2, 2),
+                  orig_sizes=torch.tensor([[32, 32]] * 2), image_ids=torch.tensor([17, 42]))
+
+    def loss_fn(outputs, targets):
+        return {"loss_cls": outputs.mean() * 0 + math.nan, "loss_box": outputs.mean()}
+
+    optimizer = build_optimizer(cfg, model)
+    with pytest.raises(FloatingPointError, match=r"loss_cls.*nan.*\[17, 42\]"):
+        train_one_epoch(model, loss_fn, optimizer, LRScheduler(optimizer, cfg, 1),
+                        torch.amp.GradScaler("cpu", enabled=False), [batch], torch.device("cpu"), 0, cfg, None)
