@@ -16,6 +16,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from public.models.dcn import DeformConv
+
 logger = logging.getLogger("densedet")
 
 BACKBONES = (
@@ -68,10 +70,30 @@ def _load_imagenet_weights(net: nn.Module, name: str, local_path: str) -> None:
         source = weights.url
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    # Deformable convs' offset/mask branches are new (zero-initialised): not in ImageNet weights.
+    missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+               and ".conv_offset." not in k]
     if missing or unexpected:
         raise RuntimeError(f"backbone weights {source} do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     logger.info("loaded ImageNet weights for %s from %s", name, source)
+
+
+def use_deformable_convs(net: nn.Module, dcn_stages: tuple) -> None:
+    """Swap the 3x3 conv (``conv2``) of every block of the chosen stages for a modulated
+    deformable conv (DCNv2) with the same geometry and weights, in place.
+
+    ``dcn_stages`` holds one bool per stage layer1..layer4; the DCNv2 paper and the ATSS
+    DCN models use (False, True, True, True), i.e. the stages of C3-C5. In a Bottleneck ``conv2`` is the only 3x3 conv (it carries the stride and the
+    ResNeXt groups); in a BasicBlock (ResNet-18/34) it is the second, stride-1 3x3 conv.
+    Call before loading ImageNet weights: ``conv2.weight`` keeps its name and shape.
+    """
+    if len(dcn_stages) != 4:
+        raise ValueError(f"dcn_stages needs 4 booleans (layer1..layer4), got {dcn_stages!r}")
+    for index, enabled in enumerate(dcn_stages, start=1):
+        if not enabled:
+            continue
+        for block in getattr(net, f"layer{index}"):
+            block.conv2 = DeformConv.from_conv(block.conv2, modulated=True)
 
 
 def build_backbone(cfg) -> BackboneWithFPN:
@@ -87,6 +109,7 @@ def build_backbone(cfg) -> BackboneWithFPN:
         raise ValueError(f"frozen_stages must be in 0..4, got {cfg.frozen_stages}")
     norm_layer = FrozenBatchNorm2d if cfg.freeze_bn else nn.BatchNorm2d
     net = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm_layer)
+    use_deformable_convs(net, cfg.dcn_stages)
     if cfg.pretrained or cfg.backbone_weights:
         _load_imagenet_weights(net, cfg.backbone, cfg.backbone_weights)
 

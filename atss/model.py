@@ -1,0 +1,118 @@
+"""ATSS network: backbone + FPN + shared head -> raw per-anchor outputs.
+
+The head is FCOS's (two 4-conv GN towers, per-level Scale, centerness on the regression
+tower) on one square anchor per location; only what the regression means and how samples
+are assigned differ (atss/loss.py).
+
+Shape walk-through for a 2 x 3 x 800 x 1216 input, C classes:
+    backbone+FPN -> P3..P7: [2, 256, 100, 152], [2, 256, 50, 76], [2, 256, 25, 38],
+                            [2, 256, 13, 19], [2, 256, 7, 10]
+    N = 15200 + 3800 + 950 + 247 + 70 = 20267 anchors (one per location)
+    cls_logits [2, N, C], box_reg [2, N, 4], centerness [2, N],
+    anchors [N, 4], points [N, 2], strides [N]
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from public.models.backbone import build_backbone
+from public.models.dcn import DeformConv
+from public.models.head import Scale, conv_tower, flatten_levels, prediction_conv, prior_bias
+from public.ops.anchors import grid_points
+
+FPN_STRIDES = (8, 16, 32, 64, 128)
+
+# POINT regression starts at l = t = r = b = 4 anchor units (half the 8-stride anchor), as
+# the official head's bias init for REGRESSION_TYPE 'POINT'.
+POINT_BIAS_INIT = 4.0
+
+
+def deformable_last_conv(tower: nn.Sequential) -> nn.Sequential:
+    """Replace the last 3x3 conv of a tower by a modulated deformable conv with the same weights
+    (official USE_DCN_IN_TOWER: DFConv2d, DCNv2, as the last tower conv); in place."""
+    index = max(i for i, layer in enumerate(tower) if isinstance(layer, nn.Conv2d))
+    tower[index] = DeformConv.from_conv(tower[index], modulated=True)
+    return tower
+
+
+def square_anchors(points: torch.Tensor, strides: torch.Tensor, octave_base_scale: float) -> torch.Tensor:
+    """One square anchor of side ``octave_base_scale * stride`` centred on each point.
+
+    points [N, 2] (x, y), strides [N] -> anchors [N, 4] xyxy.
+    """
+    half = (strides * (octave_base_scale / 2))[:, None]                   # [N, 1]
+    return torch.cat([points - half, points + half], dim=1)               # [N, 4]
+
+
+class ATSSHead(nn.Module):
+    """Shared over levels: a classification tower and a regression tower of ``num_convs``
+    3x3 convs, then class logits, 4 regression values and one centerness logit per location.
+
+    Args:
+        regression_type: "BOX": Scale(x) are (dx, dy, dw, dh) deltas; "POINT": relu(Scale(x))
+            are (l, t, r, b) in anchor units (official ATSS head).
+        dcn: the last conv of each tower is a deformable conv.
+    """
+
+    def __init__(self, channels: int, num_classes: int, num_convs: int = 4, norm: str = "GN",
+                 prior_prob: float = 0.01, regression_type: str = "BOX", dcn: bool = False,
+                 num_levels: int = len(FPN_STRIDES)):
+        super().__init__()
+        if regression_type not in ("BOX", "POINT"):
+            raise ValueError(f"regression_type must be 'BOX' or 'POINT', got {regression_type!r}")
+        self.cls_tower = conv_tower(channels, num_convs, norm)
+        self.reg_tower = conv_tower(channels, num_convs, norm)
+        if dcn:
+            deformable_last_conv(self.cls_tower)
+            deformable_last_conv(self.reg_tower)
+        self.cls_logits = prediction_conv(channels, num_classes, prior_bias(prior_prob))
+        self.bbox_pred = prediction_conv(channels, 4, POINT_BIAS_INIT if regression_type == "POINT" else 0.0)
+        self.centerness = prediction_conv(channels, 1)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        self.num_classes = num_classes
+        self.regression_type = regression_type
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features: [B, ch, H_l, W_l] per level -> cls [B, N, C], box [B, N, 4], centerness [B, N]."""
+        cls_out, box_out, ctr_out = [], [], []
+        for level, x in enumerate(features):
+            cls_feat = self.cls_tower(x)
+            reg_feat = self.reg_tower(x)
+            box = self.scales[level](self.bbox_pred(reg_feat))      # [B, 4, H, W]
+            if self.regression_type == "POINT":
+                box = F.relu(box)
+            cls_out.append(self.cls_logits(cls_feat))              # [B, C, H, W]
+            box_out.append(box)
+            ctr_out.append(self.centerness(reg_feat))              # [B, 1, H, W]
+        return (flatten_levels(cls_out, self.num_classes),        # [B, N, C]
+                flatten_levels(box_out, 4),                        # [B, N, 4]
+                flatten_levels(ctr_out, 1).squeeze(-1))            # [B, N]
+
+
+class ATSS(nn.Module):
+    """images float [B, 3, H, W] (normalised) -> dict of raw outputs, concatenated over levels:
+
+    ``cls_logits`` [B, N, C], ``box_reg`` [B, N, 4] (deltas for BOX, l,t,r,b in anchor units
+    for POINT), ``centerness`` [B, N] logits, ``anchors`` [N, 4] xyxy pixels, ``points``
+    [N, 2] their centres, ``strides`` [N], ``num_per_level`` list of 5 ints.
+    """
+
+    def __init__(self, cfg, num_classes: int):
+        super().__init__()
+        self.backbone = build_backbone(cfg)
+        self.head = ATSSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.head_norm, cfg.prior_prob,
+                             cfg.regression_type, cfg.head_dcn)
+        self.anchor_offset = cfg.anchor_offset
+        self.octave_base_scale = cfg.octave_base_scale
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> dict:
+        features = list(self.backbone(images).values())   # P3..P7
+        cls_logits, box_reg, centerness = self.head(features)
+        points, strides, num_per_level = grid_points(
+            [f.shape[-2:] for f in features], FPN_STRIDES, self.anchor_offset, images.device)
+        anchors = square_anchors(points, strides, self.octave_base_scale)   # [N, 4]
+        return {"cls_logits": cls_logits, "box_reg": box_reg, "centerness": centerness, "anchors": anchors,
+                "points": points, "strides": strides, "num_per_level": num_per_level}
