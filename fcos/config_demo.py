@@ -30,3 +30,9 @@ class Config(FCOSConfig):
     eval_interval = 4
     log_interval = 10
     scale_boundaries = (32, 64, 128, 256)
+    # Test-time augmentation around the demo's 160 px (demo images are 128-192 px, objects
+    # 10-100 px): the ATSS scale ranges at the corresponding scales (x5 here), sizes scaled by
+    # the image size ratio (~160 / ~640 px for COCO).
+    tta_scales = (96, 128, 160, 192, 224, 256)
+    tta_max_size = 512
+    tta_scale_ranges = ((24, 10000), (16, 10000), (0, 10000), (0, 10000), (0, 64), (0, 64))

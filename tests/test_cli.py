@@ -75,3 +75,15 @@ def test_bad_override_is_a_clear_error():
     proc = subprocess.run([sys.executable, "train.py", "epochz=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown config key 'epochz'" in proc.stderr and "epochs" in proc.stderr
+
+
+def test_evaluate_accepts_a_torchvision_state_dict(short_run, tmp_path):
+    """A torchvision fcos_resnet50_fpn file is recognised, converted, and run with its settings."""
+    from torchvision.models.detection import fcos_resnet50_fpn
+    _, common, _ = short_run
+    path = tmp_path / "fcos_resnet50_fpn_coco.pth"
+    torch.save(fcos_resnet50_fpn(weights=None, weights_backbone=None).state_dict(), path)
+    out = run(["--config", "fcos/config.py", *[c for c in common if not c.startswith("work_dir")],
+               "pretrained=False", "--evaluate", str(path)])
+    assert "converted foreign checkpoint" in out and "'location_offset': 0.0" in out
+    assert "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]" in out and "per-class AP" in out

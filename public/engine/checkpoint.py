@@ -4,7 +4,8 @@ A densedet checkpoint is a dict::
 
     {"format": "densedet", "model": state_dict, "config": resolved config dict,
      "classes": {"names": [...], "category_ids": [...]}, "epoch": int, "best_map": float,
-     "optimizer": ..., "scheduler": ..., "scaler": ...}   # the last three only in latest.pth
+     "optimizer": ..., "scheduler": ..., "scaler": ...,   # the last three only in latest.pth
+     "score_thresholds": [float | None per label]}         # only after test.py --save-thresholds
 
 A bare state dict (or ``{"model": state_dict}``, torchvision's reference scripts) of a model
 the config can convert (torchvision's FCOS or RetinaNet) is accepted wherever a checkpoint is.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -89,3 +91,55 @@ def load_model_weights(model: nn.Module, state: dict, path: str = "", reinit_mis
             f"shape differs for {mismatched[:6]} ({shapes})")
     if skipped:
         logger.info("initialised from %s except %s (re-initialised)", path, ", ".join(skipped))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference and what the checkpoint says about it."""
+    model: nn.Module                          # in eval mode, on the CPU
+    cfg: object                               # the config, with a foreign checkpoint's settings applied
+    class_names: list[str]
+    category_ids: list[int]                   # label i <-> category_ids[i]
+    score_thresholds: list | None = None      # per label, float or None (undetermined); None if absent
+    overrides: dict = field(default_factory=dict)  # settings a foreign checkpoint imposed on cfg
+    densedet: bool = True                     # False: a converted foreign state dict
+
+
+def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
+                       class_names: list[str] | None = None, checkpoint: dict | None = None) -> LoadedModel:
+    """Build ``cfg``'s model and load the checkpoint at ``path`` (ours or a foreign state dict).
+
+    Args:
+        category_ids: the categories of the data the model will be scored on. A densedet
+            checkpoint must have been trained on exactly these (else ValueError); a foreign
+            state dict needs them to pick its class rows (else ValueError). None: take the
+            checkpoint's own (detection on images, where there is no dataset).
+        class_names: names of ``category_ids`` (for a foreign checkpoint, which has none).
+        checkpoint: the contents of ``path`` if the caller has already loaded them.
+    Raises:
+        ValueError for classes that do not match, RuntimeError (``load_model_weights``'s
+        message) for a model that does not fit the config, FileNotFoundError / RuntimeError
+        for a missing or unreadable file. ``cfg`` is updated in place with a foreign
+        checkpoint's settings (also returned in ``overrides``).
+    """
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
+    thresholds = None
+    if is_densedet(checkpoint):
+        trained_ids = [int(i) for i in checkpoint["classes"]["category_ids"]]
+        if category_ids is not None and trained_ids != list(category_ids):
+            raise ValueError(f"{path} was trained on category ids {trained_ids} but the config's data "
+                             f"({cfg.val_annotations}) has {list(category_ids)}")
+        category_ids, class_names = trained_ids, list(checkpoint["classes"]["names"])
+        thresholds = checkpoint.get("score_thresholds")
+    elif category_ids is None:
+        raise ValueError(f"{path} is not a densedet checkpoint, so it names no classes: point the config's "
+                         f"val_annotations at a json whose categories it was trained on")
+    state, overrides = model_state_from_checkpoint(checkpoint, cfg, list(category_ids), path)
+    if overrides:
+        logger.info("%s is a converted foreign checkpoint; using its settings: %s", path, overrides)
+        cfg.update(overrides)
+    model = cfg.build_model(len(category_ids))
+    load_model_weights(model, state, path)
+    model.eval()
+    names = list(class_names) if class_names is not None else [str(i) for i in category_ids]
+    return LoadedModel(model, cfg, names, list(category_ids), thresholds, overrides, is_densedet(checkpoint))

@@ -37,6 +37,7 @@ class EvalResult:
     num_detections: int = 0
     seconds_per_image: float = 0.0          # model + decoder, device synchronised, data loading excluded
     coco_eval: COCOeval | None = None       # for callers that want more (precision arrays); main process only
+    results: list[dict] | None = None       # the COCO result dicts scored (all shards); main process only
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -118,12 +119,19 @@ def evaluate(model, decoder, loader, dataset, device, amp_dtype=None, channels_l
     """Predict this process's shard, gather all shards on the main process, score there, and
     return the same metrics on every process (per-class details on the main one only)."""
     results, seconds = predict(model, decoder, loader, device, amp_dtype, channels_last, dataset.label_to_cat_id)
-    shards = all_gather_objects((results, seconds))
+    return score_shards(results, seconds, dataset)
+
+
+def score_shards(results: list[dict], seconds_per_image: float, dataset) -> EvalResult:
+    """This process's COCO result dicts and timing -> gathered and scored on the main process;
+    the 12 stats on every process (everything else on the main one only)."""
+    shards = all_gather_objects((results, seconds_per_image))
     result = None
     if is_main_process():
         merged = [r for shard, _ in shards for r in shard]
         result = coco_evaluate(dataset.coco, merged, dataset.image_ids)
         result.seconds_per_image = float(np.mean([s for _, s in shards]))
+        result.results = merged
     stats = broadcast_object(result.stats if result is not None else None)
     return result if result is not None else EvalResult(stats=stats)
 

@@ -20,7 +20,7 @@ from public.data.demo import DEMO_ROOT, ensure_demo_data
 from public.data.prefetcher import Prefetcher
 from public.data.transforms import build_transforms
 from public.engine import distributed as dist_utils
-from public.engine.checkpoint import (is_densedet, load_checkpoint, load_model_weights,
+from public.engine.checkpoint import (is_densedet, load_checkpoint, load_for_inference, load_model_weights,
                                       model_state_from_checkpoint, save_checkpoint)
 from public.engine.evaluator import EvalResult, evaluate, format_per_class, format_stats
 from public.engine.logger import MetricLogger, append_jsonl, setup_logging
@@ -65,7 +65,9 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_loader(cfg, dataset, train: bool, device: torch.device) -> DataLoader:
+def build_loader(cfg, dataset, train: bool, device: torch.device, collate_fn=None) -> DataLoader:
+    """Training: shuffled (sharded under DDP); evaluation: in order, each rank its own shard.
+    ``collate_fn`` replaces the padding ``collate`` (test-time augmentation takes raw samples)."""
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     if train:
         sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -74,7 +76,7 @@ def build_loader(cfg, dataset, train: bool, device: torch.device) -> DataLoader:
         sampler = ShardSampler(len(dataset), rank, world) if world > 1 else SequentialSampler(dataset)
     return DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=functools.partial(collate, size_divisible=cfg.size_divisible),
+        collate_fn=collate_fn or functools.partial(collate, size_divisible=cfg.size_divisible),
         pin_memory=device.type == "cuda", drop_last=train and len(dataset) >= cfg.batch_size * world,
         persistent_workers=cfg.num_workers > 0, worker_init_fn=_seed_worker,
     )
@@ -244,21 +246,11 @@ def evaluate_checkpoint(cfg, path: str) -> EvalResult:
     device = dist_utils.init_distributed(cfg.device)
     setup_logging(None, dist_utils.is_main_process())
     prepare_demo_data(cfg)
-    checkpoint = load_checkpoint(path)
     val_set = build_dataset(cfg, train=False)
-    if is_densedet(checkpoint):
-        trained = checkpoint["classes"]["category_ids"]
-        if list(trained) != val_set.category_ids:
-            raise ValueError(f"{path} was trained on category ids {list(trained)} but {cfg.val_annotations} "
-                             f"has {val_set.category_ids}")
-    state, overrides = model_state_from_checkpoint(checkpoint, cfg, val_set.category_ids, path)
-    if overrides:
-        logger.info("%s is a converted foreign checkpoint; using its settings: %s", path, overrides)
-        cfg.update(overrides)
+    loaded = load_for_inference(cfg, path, val_set.category_ids, val_set.class_names)
+    if loaded.overrides:  # a foreign checkpoint's settings may change the eval transforms
         val_set = build_dataset(cfg, train=False)
-    model = cfg.build_model(val_set.num_classes)
-    load_model_weights(model, state, path)
-    model.to(device)
+    model = loaded.model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     loader = build_loader(cfg, val_set, False, device)

@@ -1,0 +1,81 @@
+"""Evaluate a checkpoint, or detect objects in images or a video.
+
+Evaluate on the config's validation set (sharded over processes under torchrun): prints
+COCO's 12 stats, per-class AP (weakest first), per-class score thresholds that maximise the
+F-measure at IoU 0.5, and the inference time; writes work_dir/detections.json (COCO results),
+work_dir/thresholds.json and work_dir/pr_curves/*.png.
+
+    python test.py --config fcos/config.py --checkpoint work_dirs/fcos/best.pth
+    python test.py --config fcos/config.py --checkpoint CKPT --tta        # multi-scale + flip, box voting
+    python test.py --config fcos/config.py --checkpoint CKPT --save-thresholds   # store them in CKPT
+    torchrun --nproc_per_node=8 test.py --config fcos/config.py --checkpoint CKPT
+
+Detect: annotated copies (or an annotated .mp4) and one detections.json in --out. Per-class
+thresholds come from the checkpoint (--save-thresholds) unless --score-thresh is given;
+without either, 0.3.
+
+    python test.py --config fcos/config.py --checkpoint CKPT --images photo.jpg|folder|'dir/*.jpg' --out DIR
+    python test.py --config fcos/config.py --checkpoint CKPT --video clip.mp4 --out DIR
+
+Checkpoints: densedet's, or torchvision's FCOS / RetinaNet state dicts (with the matching
+config). Any config field can be overridden as key=value, e.g. tta_scales=(128,160,192).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from config import load_config
+
+DEFAULT_CONFIG = "fcos/config_demo.py"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"a model's config file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--checkpoint", required=True, help="densedet checkpoint or torchvision state dict")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (config fields tta_*)")
+    parser.add_argument("--save-thresholds", action="store_true",
+                        help="evaluation: store the per-class F-measure thresholds in the checkpoint")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", metavar="PATH", help="detect in an image, a folder of images or a glob")
+    source.add_argument("--video", metavar="FILE", help="detect in every frame of a video")
+    parser.add_argument("--out", metavar="DIR", default="", help="detection output folder (default WORK_DIR/detect)")
+    parser.add_argument("--score-thresh", type=float, default=None,
+                        help="detection: one threshold for every class (default: the checkpoint's, else 0.3)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser.parse_intermixed_args(argv)  # key=value before or after the options
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+    from public.engine import distributed
+    from public.engine.tester import detect_images, detect_video, evaluate_report
+    out = args.out or f"{cfg.work_dir}/detect"
+    try:
+        if args.images:
+            detect_images(cfg, args.checkpoint, args.images, out, args.score_thresh, args.tta)
+        elif args.video:
+            detect_video(cfg, args.checkpoint, args.video, out, args.score_thresh, args.tta)
+        else:
+            evaluate_report(cfg, args.checkpoint, args.tta, args.save_thresholds)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:
+        if "does not fit the model" not in str(error) and "could not read checkpoint" not in str(error):
+            raise  # a bug, not bad input: keep the traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
