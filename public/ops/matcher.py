@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import torch
 
+# Elements of one [B, chunk, M] IoU block, the bound all assigners share; it bounds matching
+# memory for crowded images (500 boxes x 16 images x 2000 anchors = 16M floats = 64 MB per block).
+from public.ops.assign import ASSIGN_CHUNK_ELEMENTS
 from public.ops.boxes import pairwise_iou
 
 BACKGROUND = -1
 IGNORE = -2
-
-# Elements of one [B, chunk, M] IoU block; bounds matching memory for crowded images
-# (500 boxes x 16 images x 2000 anchors = 16M floats = 64 MB per block).
-ASSIGN_CHUNK_ELEMENTS = 1 << 24
 
 
 @torch.no_grad()

@@ -1,0 +1,37 @@
+"""RetinaNet raw outputs -> detections per image, batched over images."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from public.ops.box_coder import decode_deltas
+from public.ops.boxes import clip_boxes
+from public.ops.postprocess import nms_per_image, topk_per_level
+
+
+class RetinaNetDecoder(nn.Module):
+    """outputs of ``RetinaNet`` + image_sizes [B, 2] (h, w before padding) -> per image
+    {"boxes" [D, 4] xyxy input pixels, "scores" [D], "labels" [D] contiguous}.
+
+    As the paper (Sec. 5) and torchvision: (anchor, class) pairs whose probability exceeds
+    ``score_thresh``, the ``topk_candidates`` best per level, boxes decoded from their anchor
+    and clipped to the image, class-wise NMS at ``nms_thresh``, ``detections_per_img`` kept.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.score_thresh = cfg.score_thresh
+        self.topk = cfg.topk_candidates
+        self.nms_thresh = cfg.nms_thresh
+        self.max_det = cfg.detections_per_img
+        self.box_coder_weights = tuple(float(w) for w in cfg.box_coder_weights)
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, image_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        scores = outputs["cls_logits"].float().sigmoid()                    # [B, N, C]
+        top_scores, anchor_idx, labels, valid = topk_per_level(
+            scores, scores > self.score_thresh, outputs["num_per_level"], self.topk)  # [B, K] each
+        deltas = outputs["box_reg"].float().gather(1, anchor_idx[..., None].expand(-1, -1, 4))  # [B, K, 4]
+        boxes = decode_deltas(outputs["anchors"][anchor_idx], deltas, self.box_coder_weights)  # [B, K, 4]
+        boxes = clip_boxes(boxes, image_sizes)
+        return nms_per_image(boxes, top_scores, labels, valid, scores.shape[-1], self.nms_thresh, self.max_det)
