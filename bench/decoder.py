@@ -1,0 +1,111 @@
+"""Decoder benchmark: RetinaNet's and FCOS's decoders against torchvision's
+``postprocess_detections`` on the same random head outputs, in one run.
+
+    python bench/decoder.py                          # batch 8, 512x512, score threshold 0.01, CPU
+    python bench/decoder.py --device cuda --size 800 1216
+
+A low score threshold leaves many candidates, so top-k and NMS do real work. torchvision
+loops over images and levels in Python; ours ranks all images with one top-k per level and
+suppresses with one batched NMS. Both produce the same detections (tests/test_*oracle*).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn  # noqa: E402
+from torchvision.models.detection.image_list import ImageList  # noqa: E402
+
+from fcos.config import Config as FCOSConfig  # noqa: E402
+from fcos.convert import TORCHVISION_SETTINGS as FCOS_TV  # noqa: E402
+from public.ops.anchors import grid_points  # noqa: E402
+from retinanet.config import Config as RetinaNetConfig  # noqa: E402
+from retinanet.convert import TORCHVISION_SETTINGS as RETINANET_TV  # noqa: E402
+
+NUM_CLASSES = 91
+STRIDES = (8, 16, 32, 64, 128)
+
+
+def timed(fn, device, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    parser.add_argument("--score-thresh", type=float, default=0.01)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    h, w = args.size
+    sizes = [((h + s - 1) // s, (w + s - 1) // s) for s in STRIDES]
+    image_sizes = [(h, w)] * args.batch
+    feature_maps = [torch.zeros(args.batch, 1, a, b, device=device) for a, b in sizes]
+    image_list = ImageList(torch.zeros(args.batch, 3, h, w, device=device), image_sizes)
+    generator = torch.Generator(device=device).manual_seed(0)
+    print(f"decoders, batch {args.batch}, {h}x{w}, score threshold {args.score_thresh}, {device.type}, "
+          f"median of {args.repeats}")
+
+    # RetinaNet.
+    tv = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                                score_thresh=args.score_thresh).to(device).eval()
+    anchors = tv.anchor_generator(image_list, feature_maps)
+    counts = [a * b * 9 for a, b in sizes]
+    head = {"cls_logits": torch.randn(args.batch, sum(counts), NUM_CLASSES, device=device, generator=generator) - 4,
+            "bbox_regression": torch.randn(args.batch, sum(counts), 4, device=device, generator=generator) * 0.2}
+    cfg = RetinaNetConfig(pretrained=False)
+    cfg.update({**RETINANET_TV, "score_thresh": args.score_thresh})
+    decoder = cfg.build_decoder()
+    ours = {"cls_logits": head["cls_logits"], "box_reg": head["bbox_regression"], "anchors": anchors[0],
+            "num_per_level": counts}
+    split_head = {k: list(v.split(counts, dim=1)) for k, v in head.items()}
+    split_anchors = [list(a.split(counts)) for a in anchors]
+    t_tv = timed(lambda: tv.postprocess_detections(split_head, split_anchors, image_sizes), device, args.repeats)
+    t_ours = timed(lambda: decoder(ours, torch.tensor(image_sizes, device=device)), device, args.repeats)
+    print(f"RetinaNet: torchvision {t_tv * 1000:8.1f} ms, ours {t_ours * 1000:8.1f} ms, "
+          f"speed-up {t_tv / t_ours:5.2f}x")
+
+    # FCOS.
+    tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                           score_thresh=args.score_thresh).to(device).eval()
+    anchors = tv.anchor_generator(image_list, feature_maps)
+    counts = [a * b for a, b in sizes]
+    head = {"cls_logits": torch.randn(args.batch, sum(counts), NUM_CLASSES, device=device, generator=generator) - 2,
+            "bbox_regression": torch.rand(args.batch, sum(counts), 4, device=device, generator=generator) * 4,
+            "bbox_ctrness": torch.randn(args.batch, sum(counts), 1, device=device, generator=generator)}
+    cfg = FCOSConfig(pretrained=False)
+    cfg.update({**FCOS_TV, "score_thresh": args.score_thresh})
+    decoder = cfg.build_decoder()
+    points, strides, _ = grid_points(sizes, STRIDES, 0.0, device)
+    ours = {"cls_logits": head["cls_logits"], "box_reg": head["bbox_regression"],
+            "centerness": head["bbox_ctrness"].squeeze(-1), "points": points, "strides": strides,
+            "num_per_level": counts}
+    split_head = {k: list(v.split(counts, dim=1)) for k, v in head.items()}
+    split_anchors = [list(a.split(counts)) for a in anchors]
+    t_tv = timed(lambda: tv.postprocess_detections(split_head, split_anchors, image_sizes), device, args.repeats)
+    t_ours = timed(lambda: decoder(ours, torch.tensor(image_sizes, device=device)), device, args.repeats)
+    print(f"FCOS:      torchvision {t_tv * 1000:8.1f} ms, ours {t_ours * 1000:8.1f} ms, "
+          f"speed-up {t_tv / t_ours:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
