@@ -48,14 +48,16 @@ def pairwise_iou(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """IoU of every anchor with every box of every image.
 
     anchors [N, 4] (shared by the batch) or [B, N, 4]; boxes [B, M, 4] -> [B, N, M].
-    torchvision's ``box_iou`` is the 2-D case; this broadcasts it over the batch.
+    torchvision's ``box_iou`` is the 2-D case; this broadcasts it over the batch with the
+    same arithmetic (so the same values), working in place on the [B, N, M] buffers: this is
+    the largest tensor of max-IoU matching, so each extra pass over it shows in the step time.
     """
     if anchors.dim() == 2:
         anchors = anchors[None]
     a = anchors[:, :, None, :]                                   # [B or 1, N, 1, 4]
     b = boxes[:, None, :, :]                                     # [B, 1, M, 4]
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)                      # [B, N, M]
-    union = box_area(a) + box_area(b) - inter
-    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+    width = torch.minimum(a[..., 2], b[..., 2]).sub_(torch.maximum(a[..., 0], b[..., 0])).clamp_(min=0)   # [B, N, M]
+    height = torch.minimum(a[..., 3], b[..., 3]).sub_(torch.maximum(a[..., 1], b[..., 1])).clamp_(min=0)  # [B, N, M]
+    inter = width.mul_(height)                                   # [B, N, M]
+    union = (box_area(anchors)[:, :, None] + box_area(boxes)[:, None, :]).sub_(inter)
+    return inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))

@@ -31,8 +31,7 @@ def max_iou_assign(anchors: torch.Tensor, targets: torch.Tensor, fg_iou_thresh: 
          torchvision would make every anchor foreground.
 
     Pad boxes (label < 0) never match. The IoU is computed in blocks of anchors so that a
-    [B, chunk, M] block stays under ``ASSIGN_CHUNK_ELEMENTS``; with low-quality matches
-    and more than one block the IoU is computed twice (the per-box best needs all anchors).
+    [B, chunk, M] block stays under ``ASSIGN_CHUNK_ELEMENTS``, each block once.
 
     Args:
         anchors: [N, 4] xyxy, shared by the batch.
@@ -49,18 +48,18 @@ def max_iou_assign(anchors: torch.Tensor, targets: torch.Tensor, fg_iou_thresh: 
     boxes = targets[..., :4].to(anchors.dtype)                           # [B, M, 4]
     valid = targets[..., 4] >= 0                                         # [B, M]
 
-    def iou_block(sl: slice) -> torch.Tensor:
-        iou = pairwise_iou(anchors[sl], boxes)                           # [B, n, M]
-        # Pad boxes get IoU -1: never the best box of an anchor, never a best-anchor tie.
-        return torch.where(valid[:, None, :], iou, torch.full_like(iou, -1.0))
-
     chunk = max(1, ASSIGN_CHUNK_ELEMENTS // max(1, B * M))
-    blocks = [slice(start, start + chunk) for start in range(0, N, chunk)]
     best_iou_per_box = torch.full((B, M), -1.0, dtype=anchors.dtype, device=device)  # [B, M]
     all_best = torch.empty((B, N), dtype=torch.long, device=device)      # step 1 box of every anchor
-    iou = None
-    for sl in blocks:
-        iou = iou_block(sl)                                              # [B, n, M]
+    # Step 3 needs each box's best IoU over all anchors, known only after the last block. So
+    # that the IoU is computed once, each block records its own best anchors of every box
+    # (ties included; a few per box) as (image, anchor, box) triples with that IoU; the
+    # triples whose IoU is the global best are kept at the end.
+    tie_index, tie_value = [], []
+    for start in range(0, N, chunk):
+        sl = slice(start, start + chunk)
+        iou = pairwise_iou(anchors[sl], boxes)                           # [B, n, M]
+        iou.masked_fill_(~valid[:, None, :], -1.0)  # pad boxes: never an anchor's best box nor a best-anchor tie
         # 1. the best box of each anchor
         best_iou, best_box = iou.max(dim=2)                              # [B, n]
         all_best[:, sl] = best_box
@@ -68,14 +67,20 @@ def max_iou_assign(anchors: torch.Tensor, targets: torch.Tensor, fg_iou_thresh: 
         matched[:, sl] = torch.where(
             best_iou >= fg_iou_thresh, best_box,
             torch.where(best_iou >= bg_iou_thresh, torch.full_like(best_box, IGNORE), matched[:, sl]))
-        best_iou_per_box = torch.maximum(best_iou_per_box, iou.max(dim=1).values)
+        if allow_low_quality_matches:
+            block_best = iou.max(dim=1).values                           # [B, M]
+            best_iou_per_box = torch.maximum(best_iou_per_box, block_best)
+            # Boxes without overlap in this block (best 0: every anchor would tie) record nothing.
+            target_iou = torch.where(block_best > 0, block_best, torch.full_like(block_best, float("inf")))
+            b, n, m = (iou == target_iou[:, None, :]).nonzero(as_tuple=True)  # [T] each
+            tie_index.append(torch.stack([b, n + start, m]))
+            tie_value.append(block_best[b, m])
 
     if allow_low_quality_matches:
-        # 3. the best anchors of each box (ties included); pad and zero-overlap boxes excluded
-        box_max = torch.where(best_iou_per_box > 0, best_iou_per_box,
-                              torch.full_like(best_iou_per_box, float("inf")))[:, None, :]  # [B, 1, M]
-        for sl in blocks:
-            block = iou if len(blocks) == 1 else iou_block(sl)           # [B, n, M]
-            is_best_anchor = (block == box_max).any(dim=2)               # [B, n]
-            matched[:, sl] = torch.where(is_best_anchor, all_best[:, sl], matched[:, sl])
+        # 3. the best anchors of each box take their own best box; pad and zero-overlap boxes excluded
+        b, n, m = torch.cat(tie_index, dim=1)                            # [T] each
+        value = torch.cat(tie_value)                                     # [T]
+        keep = value == best_iou_per_box[b, m]
+        b, n = b[keep], n[keep]
+        matched[b, n] = all_best[b, n]
     return matched
