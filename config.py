@@ -233,3 +233,37 @@ def _config_name(path: Path) -> str:
     if path.stem.startswith("config"):  # fcos/config.py -> fcos, fcos/config_demo.py -> fcos_demo
         return path.parent.name + path.stem[len("config"):]
     return path.stem
+
+
+class DemoSettings:
+    """What each model's ``config_demo.py`` changes to train on the built-in demo data on a
+    laptop CPU in minutes (mixed in before the model's Config: ``class Config(DemoSettings,
+    FCOSConfig)``): ResNet-18 from random init (nothing to download) with every stage and BN
+    trained, a 64-channel FPN and 2-conv towers, ~160 px inputs (demo images are 128-192 px),
+    AdamW with a cosine schedule (converges faster from scratch than SGD's 1x), and test-time
+    augmentation scales around 160 px.
+    """
+    backbone = "resnet18"
+    pretrained = False
+    frozen_stages = 0
+    freeze_bn = False
+    fpn_channels = 64
+    num_convs = 2
+    min_size = (160,)
+    max_size = 256
+    test_min_size = 160
+    batch_size = 8
+    num_workers = 2
+    epochs = 24
+    optimizer = "adamw"
+    lr = 2e-3
+    weight_decay = 0.05
+    scheduler = "cosine"
+    warmup_iters = 100
+    eval_interval = 4
+    log_interval = 10
+    # The ATSS scale ranges at the corresponding scales, sizes scaled by the image size ratio
+    # (~160 px here against ~640 px for COCO).
+    tta_scales = (96, 128, 160, 192, 224, 256)
+    tta_max_size = 512
+    tta_scale_ranges = ((24, 10000), (16, 10000), (0, 10000), (0, 10000), (0, 64), (0, 64))
