@@ -55,3 +55,30 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
         assert torch.equal(r0["final"][key], r1["final"][key]), key
     changed = [k for k in r0["final"] if not torch.equal(r0["final"][k], r0["initial"][k])]
     assert "head.cls_logits.weight" in changed and "backbone.body.conv1.weight" in changed
+
+
+def test_torchrun_two_processes_train_and_evaluate(tmp_path):
+    """The real command line under torchrun: gloo on CPU, sharded evaluation gathered on rank 0."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train_images, train_json = demo_subset(tmp_path, 8, "train")
+    val_images, val_json = demo_subset(tmp_path, 5, "val")   # odd: the shards differ in size
+    work_dir = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               "train.py", "--config", "fcos/config_demo.py", f"train_images={train_images}",
+               f"train_annotations={train_json}", f"val_images={val_images}", f"val_annotations={val_json}",
+               f"work_dir={work_dir}", "device=cpu", "batch_size=2", "num_workers=0", "epochs=1",
+               "min_size=(96,)", "test_min_size=96", "flops=False", "warmup_iters=0"]
+    proc = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["epoch"] == 1          # written once, by rank 0
+    assert (work_dir / "latest.pth").is_file() and (work_dir / "best.pth").is_file()
+    assert "epoch 1/1 [2/2]" in proc.stdout                         # 8 images / (2 x 2) per step
+    assert proc.stdout.count("epoch 1: mAP") == 1                   # rank 0 logs, the others stay quiet
+    assert 0.0 <= records[0]["mAP"] <= 1.0 and "loss_cls" in records[0]
