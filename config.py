@@ -19,7 +19,6 @@ import difflib
 import importlib
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +209,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> BaseConf
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     try:
         module_name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
         module = importlib.import_module(module_name)

@@ -38,7 +38,7 @@ class LRScheduler:
         self.optimizer = optimizer
         self.cfg = cfg
         self.iters_per_epoch = max(1, iters_per_epoch)
-        self.total_iters = self.iters_per_epoch * cfg.epochs
+        self.total_iters = max(1, self.iters_per_epoch * cfg.epochs)
         self.iteration = 0
         self.plateau_factor = 1.0
         self.best_metric = -math.inf
