@@ -20,7 +20,7 @@ from public.engine.distributed import all_reduce_mean
 from public.ops.assign import fcos_assign, level_size_bounds
 from public.ops.box_coder import decode_deltas
 from public.ops.boxes import box_area, centerness_target, decode_distances, encode_distances
-from public.ops.losses import box_iou_loss, sigmoid_focal_loss
+from public.ops.losses import box_iou_loss, focal_loss_per_location
 from public.ops.matcher import IGNORE, max_iou_assign
 
 # BOX regression: deltas scaled by (wx, wy, ww, wh) = (10, 10, 5, 5), the official ATSS box
@@ -304,10 +304,9 @@ class ATSSLoss(nn.Module):
         gt = targets[batch_idx, matched[batch_idx, loc_idx]].float()   # [P, 5]
         num_pos = all_reduce_mean(positive.sum().float()).clamp(min=1.0)
 
-        cls_target = torch.zeros_like(cls_logits)                      # [B, N, C]
-        cls_target[batch_idx, loc_idx, gt[:, 4].long()] = 1.0
-        focal = sigmoid_focal_loss(cls_logits, cls_target, self.focal_alpha, self.focal_gamma, reduction="none")
-        counted = (matched != IGNORE).to(focal.dtype)[..., None]       # [B, N, 1], 0 at ignored anchors
+        focal = focal_loss_per_location(cls_logits, batch_idx, loc_idx, gt[:, 4].long(),
+                                        self.focal_alpha, self.focal_gamma)   # [B, N]
+        counted = (matched != IGNORE).to(focal.dtype)                  # [B, N], 0 at ignored anchors
         loss_cls = (focal * counted).sum() / num_pos
 
         pos_anchors = anchors[loc_idx]                                 # [P, 4]

@@ -11,7 +11,7 @@ from torch import nn
 from public.engine.distributed import all_reduce_mean
 from public.ops.assign import fcos_assign, level_size_bounds
 from public.ops.boxes import centerness_target, decode_distances, encode_distances
-from public.ops.losses import box_iou_loss, sigmoid_focal_loss
+from public.ops.losses import box_iou_loss, focal_loss_per_location
 
 __all__ = ["FCOSLoss", "fcos_assign", "level_size_bounds"]  # the assignment lives in public/ops/assign.py
 
@@ -53,9 +53,8 @@ class FCOSLoss(nn.Module):
         gt = targets[batch_idx, matched[batch_idx, loc_idx]].float()   # [P, 5]
         num_pos = all_reduce_mean(positive.sum().float()).clamp(min=1.0)
 
-        cls_target = torch.zeros_like(cls_logits)                      # [B, N, C]
-        cls_target[batch_idx, loc_idx, gt[:, 4].long()] = 1.0
-        loss_cls = sigmoid_focal_loss(cls_logits, cls_target, self.focal_alpha, self.focal_gamma, reduction="sum") / num_pos
+        loss_cls = focal_loss_per_location(cls_logits, batch_idx, loc_idx, gt[:, 4].long(),
+                                           self.focal_alpha, self.focal_gamma).sum() / num_pos
 
         pos_points = points[loc_idx]                                   # [P, 2]
         scale = strides[loc_idx, None] if self.norm_reg_targets else 1.0

@@ -11,7 +11,7 @@ from torch import nn
 
 from public.engine.distributed import all_reduce_mean
 from public.ops.box_coder import decode_deltas, encode_deltas
-from public.ops.losses import box_iou_loss, sigmoid_focal_loss
+from public.ops.losses import box_iou_loss, focal_loss_per_location
 from public.ops.matcher import IGNORE, max_iou_assign
 
 BOX_LOSSES = ("smooth_l1", "l1", "giou")
@@ -71,11 +71,10 @@ class RetinaNetLoss(nn.Module):
         batch_idx, anchor_idx = positive.nonzero(as_tuple=True)        # [P], [P]
         gt = targets[batch_idx, matched[batch_idx, anchor_idx]].float()  # [P, 5]
 
-        cls_target = torch.zeros_like(cls_logits)                      # [B, N, C]
-        cls_target[batch_idx, anchor_idx, gt[:, 4].long()] = 1.0
-        focal = sigmoid_focal_loss(cls_logits, cls_target, self.focal_alpha, self.focal_gamma, reduction="none")
+        focal = focal_loss_per_location(cls_logits, batch_idx, anchor_idx, gt[:, 4].long(),
+                                        self.focal_alpha, self.focal_gamma)   # [B, N]
         not_ignored = (matched != IGNORE).to(focal.dtype)               # [B, N]
-        cls_per_image = (focal.sum(dim=2) * not_ignored).sum(dim=1)    # [B]
+        cls_per_image = (focal * not_ignored).sum(dim=1)               # [B]
 
         box_per_anchor = self.box_losses(anchors[anchor_idx], box_reg[batch_idx, anchor_idx], gt[:, :4])  # [P]
         if self.normalizer == "batch":

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-__all__ = ["sigmoid_focal_loss", "box_iou_loss"]
+__all__ = ["sigmoid_focal_loss", "box_iou_loss", "focal_loss_per_location"]
 
 
 def box_iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou", eps: float = 1e-7) -> torch.Tensor:
@@ -24,3 +25,31 @@ def box_iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou", e
         iou = inter / (area_pred + area_target - inter + eps)
         return -torch.log(iou.clamp(min=eps))
     raise ValueError(f"box loss must be 'giou' or 'iou', got {kind!r}")
+
+
+def focal_loss_per_location(logits: torch.Tensor, batch_idx: torch.Tensor, loc_idx: torch.Tensor,
+                            labels: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Sigmoid focal loss (RetinaNet paper, Eq. 5) summed over classes, per location.
+
+    The same numbers as torchvision's ``sigmoid_focal_loss`` on a one-hot target, computed
+    without building the [B, N, C] target: every (location, class) pair is first scored as a
+    negative, alpha' * p^gamma * softplus(x) with alpha' = 1 - alpha, and the P positive pairs
+    are then corrected to alpha * (1 - p)^gamma * softplus(-x). That is about half the passes
+    over the largest tensor of the loss (RetinaNet: 9 anchors x C classes per location).
+
+    Args:
+        logits: [B, N, C] class logits.
+        batch_idx, loc_idx, labels: [P] each, the positive (image, location, class) triples.
+        alpha: weight of positives (negatives get 1 - alpha); < 0 disables the weighting.
+    Returns:
+        [B, N] loss per location (sum over its C classes).
+    """
+    alpha_pos, alpha_neg = (alpha, 1 - alpha) if alpha >= 0 else (1.0, 1.0)
+
+    def as_negative(x):
+        return torch.sigmoid(x).pow(gamma) * F.softplus(x) * alpha_neg
+
+    per_location = as_negative(logits).sum(dim=2)                          # [B, N]
+    x = logits[batch_idx, loc_idx, labels]                                 # [P]
+    as_positive = (1 - torch.sigmoid(x)).pow(gamma) * F.softplus(-x) * alpha_pos
+    return per_location.index_put((batch_idx, loc_idx), as_positive - as_negative(x), accumulate=True)
