@@ -11,9 +11,7 @@ suppresses with one batched NMS. Both produce the same detections (tests/test_*o
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn  # noqa: E402
 from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
+from bench.train_step import timed  # noqa: E402
 from fcos.config import Config as FCOSConfig  # noqa: E402
 from fcos.convert import TORCHVISION_SETTINGS as FCOS_TV  # noqa: E402
 from public.ops.anchors import grid_points  # noqa: E402
@@ -31,20 +30,6 @@ from retinanet.convert import TORCHVISION_SETTINGS as RETINANET_TV  # noqa: E402
 
 NUM_CLASSES = 91
 STRIDES = (8, 16, 32, 64, 128)
-
-
-def timed(fn, device, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None):

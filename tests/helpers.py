@@ -48,3 +48,39 @@ def overfit(cfg, images_dir: str, annotations: str, steps: int, lr: float = 1e-3
         detections = decoder(model(images), batch.image_sizes)
     result = coco_evaluate(dataset.coco, detections_to_coco(detections, batch, dataset.label_to_cat_id))
     return result.stats[0], time.perf_counter() - start
+
+
+def perturb_for_oracle(tv_model) -> None:
+    """Non-trivial BN statistics and head weights in a freshly initialised torchvision model,
+    so that a mis-mapped tensor cannot hide behind zeros and ones."""
+    with torch.no_grad():
+        for module in tv_model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+        for param in tv_model.head.parameters():
+            param.add_(torch.randn_like(param) * 0.01)
+
+
+def load_converted(cfg, state: dict, num_classes: int):
+    """Our model from ``cfg`` with a converted torchvision state dict; every key must fit."""
+    model = cfg.build_model(num_classes).eval()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    return model
+
+
+def random_targets(batch_size: int, image_size: tuple[int, int], counts, num_classes: int, generator):
+    """Random boxes per image: torchvision target dicts (labels 1..num_classes-1) and our padded [B, M, 5]."""
+    h, w = image_size
+    tv_targets, M = [], max(counts)
+    padded = torch.full((batch_size, M, 5), -1.0)
+    for i, n in enumerate(counts):
+        xy = torch.rand(n, 2, generator=generator) * torch.tensor([w * 0.8, h * 0.8])
+        wh = 4 + torch.rand(n, 2, generator=generator) * torch.tensor([w * 0.6, h * 0.6])
+        boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w, h]))], dim=1)
+        labels = torch.randint(1, num_classes, (n,), generator=generator)
+        tv_targets.append({"boxes": boxes, "labels": labels})
+        padded[i, :n, :4] = boxes
+        padded[i, :n, 4] = labels.float()
+    return tv_targets, padded

@@ -6,7 +6,8 @@ from torchvision.models.detection import fcos_resnet50_fpn
 from torchvision.models.detection.image_list import ImageList
 
 from fcos.config import Config
-from fcos.convert import TORCHVISION_SETTINGS, from_torchvision
+from fcos.convert import from_torchvision
+from helpers import load_converted, perturb_for_oracle, random_targets
 
 NUM_CLASSES = 91  # torchvision's COCO layout: class index = category id
 
@@ -15,37 +16,16 @@ NUM_CLASSES = 91  # torchvision's COCO layout: class index = category id
 def models():
     torch.manual_seed(0)
     tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).eval()
-    # Non-trivial BN statistics and head weights, so that a mis-mapped tensor cannot hide.
-    with torch.no_grad():
-        for module in tv.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-        for name, param in tv.head.named_parameters():
-            param.add_(torch.randn_like(param) * 0.01)
+    perturb_for_oracle(tv)
     cfg = Config(pretrained=False)
     state, settings = from_torchvision(tv.state_dict(), list(range(NUM_CLASSES)))
     cfg.update(settings)
-    ours = cfg.build_model(NUM_CLASSES).eval()
-    missing, unexpected = ours.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    ours = load_converted(cfg, state, NUM_CLASSES)
     return tv, ours, cfg
 
 
 def _targets(batch_size, image_size, counts, generator):
-    """Random boxes per image: list of torchvision target dicts and our padded [B, M, 5]."""
-    h, w = image_size
-    tv_targets, M = [], max(counts)
-    padded = torch.full((batch_size, M, 5), -1.0)
-    for i, n in enumerate(counts):
-        xy = torch.rand(n, 2, generator=generator) * torch.tensor([w * 0.8, h * 0.8])
-        wh = 4 + torch.rand(n, 2, generator=generator) * torch.tensor([w * 0.6, h * 0.6])
-        boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w, h]))], dim=1)
-        labels = torch.randint(1, NUM_CLASSES, (n,), generator=generator)
-        tv_targets.append({"boxes": boxes, "labels": labels})
-        padded[i, :n, :4] = boxes
-        padded[i, :n, 4] = labels.float()
-    return tv_targets, padded
+    return random_targets(batch_size, image_size, counts, NUM_CLASSES, generator)
 
 
 def test_head_outputs_match(models):

@@ -14,7 +14,7 @@ from public.ops import matcher as matcher_module
 from public.ops.anchors import grid_anchors, retinanet_anchor_sizes
 from public.ops.box_coder import decode_deltas, encode_deltas
 from public.ops.matcher import max_iou_assign
-from helpers import demo_subset, overfit
+from helpers import demo_subset, load_converted, overfit, perturb_for_oracle, random_targets
 from retinanet.config import Config
 from retinanet.config_demo import Config as DemoConfig
 from retinanet.convert import TORCHVISION_SETTINGS, TORCHVISION_V2_SETTINGS, from_torchvision
@@ -28,38 +28,17 @@ BUILDERS = {"v1": retinanet_resnet50_fpn, "v2": retinanet_resnet50_fpn_v2}
 def models(request):
     torch.manual_seed(0)
     tv = BUILDERS[request.param](weights=None, weights_backbone=None, num_classes=NUM_CLASSES).eval()
-    # Non-trivial BN statistics and head weights, so that a mis-mapped tensor cannot hide.
-    with torch.no_grad():
-        for module in tv.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-        for param in tv.head.parameters():
-            param.add_(torch.randn_like(param) * 0.01)
+    perturb_for_oracle(tv)
     cfg = Config(pretrained=False)
     state, settings = from_torchvision(tv.state_dict(), list(range(NUM_CLASSES)))
     assert settings == (TORCHVISION_SETTINGS if request.param == "v1" else TORCHVISION_V2_SETTINGS)
     cfg.update(settings)
-    ours = cfg.build_model(NUM_CLASSES).eval()
-    missing, unexpected = ours.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    ours = load_converted(cfg, state, NUM_CLASSES)
     return tv, ours, cfg
 
 
 def _targets(batch_size, image_size, counts, generator):
-    """Random boxes per image: list of torchvision target dicts and our padded [B, M, 5]."""
-    h, w = image_size
-    tv_targets, M = [], max(counts)
-    padded = torch.full((batch_size, M, 5), -1.0)
-    for i, n in enumerate(counts):
-        xy = torch.rand(n, 2, generator=generator) * torch.tensor([w * 0.8, h * 0.8])
-        wh = 4 + torch.rand(n, 2, generator=generator) * torch.tensor([w * 0.6, h * 0.6])
-        boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w, h]))], dim=1)
-        labels = torch.randint(1, NUM_CLASSES, (n,), generator=generator)
-        tv_targets.append({"boxes": boxes, "labels": labels})
-        padded[i, :n, :4] = boxes
-        padded[i, :n, 4] = labels.float()
-    return tv_targets, padded
+    return random_targets(batch_size, image_size, counts, NUM_CLASSES, generator)
 
 
 def _tv_anchors(tv, batch_size, image_size, grid_sizes, image_sizes=None):
