@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn  # noqa: E402
 from torchvision.models.detection.image_list import ImageList  # noqa: E402
 
-from bench.train_step import timed  # noqa: E402
+from bench.train_step import timed_pair  # noqa: E402
 from fcos.config import Config as FCOSConfig  # noqa: E402
 from fcos.convert import TORCHVISION_SETTINGS as FCOS_TV  # noqa: E402
 from public.ops.anchors import grid_points  # noqa: E402
@@ -64,8 +64,8 @@ def main(argv=None):
             "num_per_level": counts}
     split_head = {k: list(v.split(counts, dim=1)) for k, v in head.items()}
     split_anchors = [list(a.split(counts)) for a in anchors]
-    t_tv = timed(lambda: tv.postprocess_detections(split_head, split_anchors, image_sizes), device, args.repeats)
-    t_ours = timed(lambda: decoder(ours, torch.tensor(image_sizes, device=device)), device, args.repeats)
+    t_tv, t_ours = timed_pair(lambda: tv.postprocess_detections(split_head, split_anchors, image_sizes),
+                              lambda: decoder(ours, torch.tensor(image_sizes, device=device)), device, args.repeats)
     print(f"RetinaNet: torchvision {t_tv * 1000:8.1f} ms, ours {t_ours * 1000:8.1f} ms, "
           f"speed-up {t_tv / t_ours:5.2f}x")
 
@@ -86,8 +86,8 @@ def main(argv=None):
             "num_per_level": counts}
     split_head = {k: list(v.split(counts, dim=1)) for k, v in head.items()}
     split_anchors = [list(a.split(counts)) for a in anchors]
-    t_tv = timed(lambda: tv.postprocess_detections(split_head, split_anchors, image_sizes), device, args.repeats)
-    t_ours = timed(lambda: decoder(ours, torch.tensor(image_sizes, device=device)), device, args.repeats)
+    t_tv, t_ours = timed_pair(lambda: tv.postprocess_detections(split_head, split_anchors, image_sizes),
+                              lambda: decoder(ours, torch.tensor(image_sizes, device=device)), device, args.repeats)
     print(f"FCOS:      torchvision {t_tv * 1000:8.1f} ms, ours {t_ours * 1000:8.1f} ms, "
           f"speed-up {t_tv / t_ours:5.2f}x")
 

@@ -50,19 +50,32 @@ def random_targets(batch: int, boxes: int, height: int, width: int, generator: t
     return [{"boxes": b, "labels": l} for b, l in zip(xyxy, labels)], padded
 
 
+def _once(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def timed(fn, device, repeats: int) -> float:
     """Median seconds of ``fn`` over ``repeats`` runs after one warm-up, device synchronised."""
     fn()
-    times = []
+    return statistics.median(_once(fn, device) for _ in range(repeats))
+
+
+def timed_pair(fn_a, fn_b, device, repeats: int) -> tuple[float, float]:
+    """Medians of two functions timed alternately (a, b, a, b, ...), so that drift in the
+    machine's speed during the run affects both alike."""
+    fn_a()
+    fn_b()
+    times_a, times_b = [], []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times_a.append(_once(fn_a, device))
+        times_b.append(_once(fn_b, device))
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def _tv_backbone(backbone: str):
@@ -166,8 +179,8 @@ def bench(args, kind: str, device) -> None:
             else:
                 sum(reference_loss_run().values()).backward()
 
-        t_ref, t_ours = timed(reference_step, device, args.repeats), timed(our_step, device, args.repeats)
-        t_ref_loss, t_our_loss = timed(reference_loss_step, device, args.repeats), timed(our_loss, device, args.repeats)
+        t_ref, t_ours = timed_pair(reference_step, our_step, device, args.repeats)
+        t_ref_loss, t_our_loss = timed_pair(reference_loss_step, our_loss, device, args.repeats)
         t_net = timed(our_network, device, args.repeats)
         memory = ""
         if device.type == "cuda":
