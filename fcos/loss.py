@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from public.engine.distributed import all_reduce_mean
-from public.ops.assign import fcos_assign, level_size_bounds
+from public.ops.assign import fcos_assign, fcos_assign_sparse, level_size_bounds
 from public.ops.boxes import centerness_target, decode_distances, encode_distances
 from public.ops.losses import box_iou_loss, focal_loss_per_location
 
@@ -46,7 +46,11 @@ class FCOSLoss(nn.Module):
         centerness = outputs["centerness"].float()                     # [B, N]
         points, strides = outputs["points"], outputs["strides"]        # [N, 2], [N]
         lower, upper = level_size_bounds(outputs["num_per_level"], self.scale_boundaries, points.device)
-        matched = fcos_assign(points, strides, lower, upper, targets, self.center_sampling_radius)  # [B, N]
+        if self.center_sampling_radius > 0:  # only patches around box centres can match: gather them
+            matched = fcos_assign_sparse(points, strides, lower, upper, targets, self.center_sampling_radius,
+                                         outputs["feature_sizes"])     # [B, N]
+        else:
+            matched = fcos_assign(points, strides, lower, upper, targets, 0.0)  # [B, N]
 
         positive = matched >= 0                                         # [B, N]
         batch_idx, loc_idx = positive.nonzero(as_tuple=True)           # [P], [P]

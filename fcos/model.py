@@ -65,7 +65,7 @@ class FCOS(nn.Module):
 
     ``cls_logits`` [B, N, C], ``box_reg`` [B, N, 4] (l, t, r, b; in strides if
     ``norm_reg_targets`` else pixels), ``centerness`` [B, N] logits, ``points`` [N, 2] (x, y)
-    pixels, ``strides`` [N], ``num_per_level`` list of 5 ints.
+    pixels, ``strides`` [N], ``num_per_level`` list of 5 ints, ``feature_sizes`` (H_l, W_l) per level.
     """
 
     def __init__(self, cfg, num_classes: int):
@@ -82,4 +82,5 @@ class FCOS(nn.Module):
         points, strides, num_per_level = grid_points(
             [f.shape[-2:] for f in features], FPN_STRIDES, self.location_offset, images.device)
         return {"cls_logits": cls_logits, "box_reg": box_reg, "centerness": centerness,
-                "points": points, "strides": strides, "num_per_level": num_per_level}
+                "points": points, "strides": strides, "num_per_level": num_per_level,
+                "feature_sizes": [tuple(f.shape[-2:]) for f in features]}

@@ -1,4 +1,5 @@
 """FCOS assignment, loss and overfit tests (the torchvision oracle is test_fcos_oracle.py)."""
+import pytest
 import torch
 
 from fcos.config_demo import Config as DemoConfig
@@ -66,3 +67,31 @@ def test_overfit_small_fcos(tmp_path):
     print(f"FCOS overfit: AP {ap:.3f} in {seconds:.0f}s")
     assert ap >= 0.9, ap
     assert seconds < 120
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5])
+@pytest.mark.parametrize("counts", [(0, 0), (3, 0), (40, 200), (500, 7)])
+def test_sparse_assignment_equals_dense(offset, counts):
+    """The patch-gathering assignment gives exactly the dense answer, ties and borders included."""
+    from public.ops.anchors import grid_points
+    from public.ops.assign import fcos_assign_sparse
+    generator = torch.Generator().manual_seed(sum(counts) + int(offset * 10))
+    h, w = 200, 264
+    sizes = [((h + s - 1) // s, (w + s - 1) // s) for s in (8, 16, 32, 64, 128)]
+    points, strides, counts_per_level = grid_points(sizes, [8, 16, 32, 64, 128], offset, torch.device("cpu"))
+    lower, upper = level_size_bounds(counts_per_level, (64, 128, 256, 512), points.device)
+    M = max(counts)
+    targets = torch.full((len(counts), M, 5), -1.0)
+    for i, n in enumerate(counts):
+        xy = torch.rand(n, 2, generator=generator) * torch.tensor([w - 4.0, h - 4.0])
+        wh = 2 + torch.rand(n, 2, generator=generator) ** 2 * torch.tensor([w * 0.8, h * 0.8])
+        boxes = torch.cat([xy, xy + wh], dim=1).round()           # integer corners: ties on grid lines
+        boxes[: n // 4] = boxes[n // 8: n // 8 + n // 4].clone()   # duplicated boxes: equal-area ties
+        boxes[n // 4: n // 4 + 3, :] = torch.tensor([-20.0, -20.0, w + 20.0, h + 20.0])  # beyond the image
+        targets[i, :n, :4] = boxes
+        targets[i, :n, 4] = torch.randint(0, 5, (n,), generator=generator).float()
+    dense = fcos_assign(points, strides, lower, upper, targets, 1.5)
+    sparse = fcos_assign_sparse(points, strides, lower, upper, targets, 1.5, sizes)
+    assert torch.equal(sparse, dense)
+    if sum(counts):
+        assert (dense >= 0).sum() > 0

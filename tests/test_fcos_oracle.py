@@ -61,7 +61,7 @@ def _random_outputs(batch_size, image_size, generator):
     points, strides, num_per_level = grid_points(sizes, (8, 16, 32, 64, 128), 0.0, torch.device("cpu"))
     ours = {"cls_logits": head["cls_logits"], "box_reg": head["bbox_regression"],
             "centerness": head["bbox_ctrness"].squeeze(-1), "points": points, "strides": strides,
-            "num_per_level": num_per_level}
+            "num_per_level": num_per_level, "feature_sizes": sizes}
     feature_maps = [torch.zeros(batch_size, 1, a, b) for a, b in sizes]
     return head, ours, feature_maps
 
