@@ -5,7 +5,8 @@ Shape walk-through for a 2 x 3 x 800 x 1216 input, C classes, A = 9 anchors per 
                             [2, 256, 13, 19], [2, 256, 7, 10]
     head per level -> cls [2, A*C, H, W], box [2, A*4, H, W]
     N = (15200 + 3800 + 950 + 247 + 70) * 9 = 182403 anchors
-    cls_logits [2, N, C], box_reg [2, N, 4], anchors [N, 4], num_per_level [136800, 34200, 8550, 2223, 630]
+    cls_logits [2, N, C], box_reg [2, N, 4], anchors [N, 4], num_per_level [136800, 34200, 8550, 2223, 630],
+    feature_sizes [(100, 152), ..., (7, 10)], level_strides (8, 16, 32, 64, 128)
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ class RetinaNet(nn.Module):
     """images float [B, 3, H, W] (normalised) -> dict of raw outputs, concatenated over levels:
 
     ``cls_logits`` [B, N, C], ``box_reg`` [B, N, 4] deltas (dx, dy, dw, dh) relative to
-    ``anchors`` [N, 4] xyxy pixels, ``num_per_level`` anchors per level (5 ints).
+    ``anchors`` [N, 4] xyxy pixels, ``num_per_level`` anchors per level (5 ints),
+    ``feature_sizes`` (H_l, W_l) and ``level_strides`` of each level (the anchors' grids).
     Order of N: level, row-major location, anchor (ratio major, size minor).
     """
 
@@ -70,4 +72,5 @@ class RetinaNet(nn.Module):
         anchors, num_per_level = grid_anchors(
             [f.shape[-2:] for f in features], FPN_STRIDES, self.anchor_sizes, self.aspect_ratios,
             self.anchor_offset, images.device, round_corners=self.anchor_round_corners)
-        return {"cls_logits": cls_logits, "box_reg": box_reg, "anchors": anchors, "num_per_level": num_per_level}
+        return {"cls_logits": cls_logits, "box_reg": box_reg, "anchors": anchors, "num_per_level": num_per_level,
+                "feature_sizes": [tuple(f.shape[-2:]) for f in features], "level_strides": FPN_STRIDES}

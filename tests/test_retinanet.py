@@ -13,7 +13,7 @@ from torchvision.ops import box_iou
 from public.ops import matcher as matcher_module
 from public.ops.anchors import grid_anchors, retinanet_anchor_sizes
 from public.ops.box_coder import decode_deltas, encode_deltas
-from public.ops.matcher import max_iou_assign
+from public.ops.matcher import max_iou_assign, max_iou_assign_sparse
 from helpers import demo_subset, load_converted, overfit, perturb_for_oracle, random_targets
 from retinanet.config import Config
 from retinanet.config_demo import Config as DemoConfig
@@ -58,7 +58,7 @@ def _random_outputs(tv, cfg, batch_size, image_size, generator):
     head = {"cls_logits": torch.randn(batch_size, N, NUM_CLASSES, generator=generator) * 2 - 3,
             "bbox_regression": torch.randn(batch_size, N, 4, generator=generator) * 0.3}
     ours = {"cls_logits": head["cls_logits"], "box_reg": head["bbox_regression"], "anchors": anchors,
-            "num_per_level": num_per_level}
+            "num_per_level": num_per_level, "feature_sizes": grid_sizes, "level_strides": STRIDES}
     tv_anchors = _tv_anchors(tv, batch_size, image_size, grid_sizes)
     assert torch.equal(tv_anchors[0], anchors)
     return head, ours, tv_anchors
@@ -263,6 +263,74 @@ def test_matcher_chunked_equals_unchunked(monkeypatch):
     assert (whole[0] >= 0).sum() > 400 and (whole[1] == -1).all()
     expected = Matcher(0.5, 0.4, True)(box_iou(targets[2, :37, :4], anchors))
     assert torch.equal(whole[2], expected)
+
+
+def _grid_case(image_size, torchvision_layout):
+    """Anchors on the P3-P7 grids of an image: torchvision's (centres at x * stride, integer
+    sizes, rounded corners) or the paper's (centres at (x + 0.5) * stride, exact sizes)."""
+    grid_sizes = [(-(-image_size[0] // s), -(-image_size[1] // s)) for s in STRIDES]
+    sizes = retinanet_anchor_sizes(integer=torchvision_layout)
+    anchors, num_per_level = grid_anchors(grid_sizes, STRIDES, sizes, (0.5, 1.0, 2.0), 0.0 if torchvision_layout else 0.5,
+                                          torch.device("cpu"), round_corners=torchvision_layout)
+    return anchors, num_per_level, grid_sizes
+
+
+def _boxes_of_kind(kind, batch_size, count, image_size, generator):
+    """[B, M, 5] boxes that stress the sparse matcher's windows, a fifth of the rows padding."""
+    h, w = image_size
+    B, M = batch_size, count
+    centre = torch.rand(B, M, 2, generator=generator) * torch.tensor([w, h])
+    if kind == "mixed":      # 1 px to 60% of the image, mostly small
+        size = 1 + torch.rand(B, M, 2, generator=generator) ** 2 * torch.tensor([w * 0.6, h * 0.6])
+    elif kind == "tiny":     # far below the smallest anchor: best IoU tiny, many tied anchors
+        size = torch.rand(B, M, 2, generator=generator) * 6
+    elif kind == "thin":     # 1-11 px by up to the image side: long plateaus of tied anchors
+        size = torch.stack([1 + torch.rand(B, M, generator=generator) * 10, torch.rand(B, M, generator=generator) * h], -1)
+        size = torch.where(torch.rand(B, M, 1, generator=generator) < 0.5, size, size.flip(-1))
+    else:                    # "aligned": corners on the P3 grid, exact ties everywhere
+        centre = torch.randint(0, w // 8, (B, M, 2), generator=generator).float() * 8
+        size = torch.randint(0, 12, (B, M, 2), generator=generator).float() * 8  # some of zero width
+    corner = centre - size / 2
+    boxes = torch.cat([corner, corner + size, torch.randint(0, 3, (B, M, 1), generator=generator).float()], -1)
+    boxes[torch.rand(B, M, generator=generator) < 0.2] = -1
+    return boxes
+
+
+@pytest.mark.parametrize("torchvision_layout", [True, False], ids=["tv_anchors", "paper_anchors"])
+@pytest.mark.parametrize("kind", ["mixed", "tiny", "thin", "aligned"])
+def test_sparse_matcher_equals_dense(torchvision_layout, kind):
+    """The sparse matcher gives exactly the dense rule's answer, thresholds and ties included."""
+    generator = torch.Generator().manual_seed(len(kind) + torchvision_layout)
+    low_quality = 0
+    for image_size in ((128, 256), (200, 136)):
+        anchors, num_per_level, grid_sizes = _grid_case(image_size, torchvision_layout)
+        for count in (1, 9, 80):
+            targets = _boxes_of_kind(kind, 3, count, image_size, generator)
+            for fg, bg, low in ((0.5, 0.4, True), (0.5, 0.4, False), (0.6, 0.3, True), (0.5, 0.5, True)):
+                dense = max_iou_assign(anchors, targets, fg, bg, low)
+                sparse = max_iou_assign_sparse(anchors, targets, num_per_level, grid_sizes, STRIDES, fg, bg, low)
+                assert torch.equal(sparse, dense), (image_size, count, fg, bg, low)
+            low_quality += (max_iou_assign(anchors, targets, 0.5, 0.4, True) >= 0).sum() - \
+                (max_iou_assign(anchors, targets, 0.5, 0.4, False) >= 0).sum()
+    assert low_quality > 0   # the cases exercise low-quality matches
+
+
+def test_sparse_matcher_against_torchvision_at_500_boxes(monkeypatch):
+    generator = torch.Generator().manual_seed(5)
+    image_size = (256, 384)
+    anchors, num_per_level, grid_sizes = _grid_case(image_size, True)
+    _, targets = _targets(2, image_size, (500, 230), generator)
+    sparse = max_iou_assign_sparse(anchors, targets, num_per_level, grid_sizes, STRIDES)
+    for image, n in ((0, 500), (1, 230)):
+        assert torch.equal(sparse[image], Matcher(0.5, 0.4, True)(box_iou(targets[image, :n, :4], anchors)))
+    # Own-best recomputation (low-quality anchors below 0.4) in blocks gives the same answer.
+    recomputed, own_best = [], matcher_module._own_best_box
+    monkeypatch.setattr(matcher_module, "_own_best_box", lambda *a: recomputed.append(a[-1].numel()) or own_best(*a))
+    monkeypatch.setattr(matcher_module, "ASSIGN_CHUNK_ELEMENTS", 2 * 500 * 7)   # 7 anchors per image per block
+    assert torch.equal(max_iou_assign_sparse(anchors, targets, num_per_level, grid_sizes, STRIDES), sparse)
+    assert recomputed and recomputed[0] > 7
+    with pytest.raises(ValueError, match="covers"):
+        max_iou_assign_sparse(anchors[:-9], targets, num_per_level, grid_sizes, STRIDES)
 
 
 # ---- loss edge cases -------------------------------------------------------------------------
