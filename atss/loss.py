@@ -21,7 +21,7 @@ from public.ops.assign import fcos_assign, level_size_bounds
 from public.ops.box_coder import decode_deltas
 from public.ops.boxes import box_area, centerness_target, decode_distances, encode_distances
 from public.ops.losses import box_iou_loss, focal_loss_per_location
-from public.ops.matcher import IGNORE, max_iou_assign
+from public.ops.matcher import IGNORE, assign_by_iou
 
 # BOX regression: deltas scaled by (wx, wy, ww, wh) = (10, 10, 5, 5), the official ATSS box
 # coder's weights (those of Faster R-CNN's second stage), so the head's outputs are O(1).
@@ -285,7 +285,7 @@ class ATSSLoss(nn.Module):
             "ATSS": lambda out, t: atss_assign(out["anchors"], out["num_per_level"], t, cfg.topk),
             "SSC": lambda out, t: ssc_assign(box_centers(out["anchors"]), out["strides"], out["num_per_level"], t,
                                              cfg.scale_boundaries),
-            "IoU": lambda out, t: max_iou_assign(out["anchors"], t, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True),
+            "IoU": lambda out, t: assign_by_iou(out, t, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True),
             "TOPK": lambda out, t: topk_assign(out["anchors"], t, cfg.topk),
         }
         if cfg.positive_type not in assigners:

@@ -96,7 +96,8 @@ class ATSS(nn.Module):
 
     ``cls_logits`` [B, N, C], ``box_reg`` [B, N, 4] (deltas for BOX, l,t,r,b in anchor units
     for POINT), ``centerness`` [B, N] logits, ``anchors`` [N, 4] xyxy pixels, ``points``
-    [N, 2] their centres, ``strides`` [N], ``num_per_level`` list of 5 ints.
+    [N, 2] their centres, ``strides`` [N], ``num_per_level`` list of 5 ints, ``feature_sizes``
+    (H_l, W_l) and ``level_strides`` of each level (the anchors' grids).
     """
 
     def __init__(self, cfg, num_classes: int):
@@ -115,4 +116,5 @@ class ATSS(nn.Module):
             [f.shape[-2:] for f in features], FPN_STRIDES, self.anchor_offset, images.device)
         anchors = square_anchors(points, strides, self.octave_base_scale)   # [N, 4]
         return {"cls_logits": cls_logits, "box_reg": box_reg, "centerness": centerness, "anchors": anchors,
-                "points": points, "strides": strides, "num_per_level": num_per_level}
+                "points": points, "strides": strides, "num_per_level": num_per_level,
+                "feature_sizes": [tuple(f.shape[-2:]) for f in features], "level_strides": FPN_STRIDES}

@@ -12,7 +12,7 @@ from torch import nn
 from public.engine.distributed import all_reduce_mean
 from public.ops.box_coder import decode_deltas, encode_deltas
 from public.ops.losses import box_iou_loss, focal_loss_per_location
-from public.ops.matcher import IGNORE, max_iou_assign, max_iou_assign_sparse
+from public.ops.matcher import IGNORE, assign_by_iou
 
 BOX_LOSSES = ("smooth_l1", "l1", "giou")
 NORMALIZERS = ("batch", "per_image")
@@ -21,10 +21,8 @@ NORMALIZERS = ("batch", "per_image")
 class RetinaNetLoss(nn.Module):
     """Raw RetinaNet outputs + targets [B, M, 5] -> {"loss_cls", "loss_box"}.
 
-    Anchors are matched by IoU (``public.ops.matcher``): on the model's grids
-    (``feature_sizes`` and ``level_strides`` in the outputs) by ``max_iou_assign_sparse``, which
-    looks only at the anchors near each box; on any other anchors by ``max_iou_assign``. Both
-    give the same answer.
+    Anchors are matched by IoU (``public.ops.matcher.assign_by_iou``: on the model's grids only
+    the anchors near each box are looked at, with the dense rule's answer).
     - classification: sigmoid focal loss summed over all classes of the foreground and
       background anchors; anchors between the IoU thresholds are ignored (paper Sec. 4);
     - box: at foreground anchors, smooth L1 (Detectron, beta 0.11) or L1 (torchvision v1) on the
@@ -67,12 +65,8 @@ class RetinaNetLoss(nn.Module):
         box_reg = outputs["box_reg"].float()                           # [B, N, 4]
         anchors = outputs["anchors"]                                   # [N, 4]
         B = cls_logits.shape[0]
-        thresholds = (self.fg_iou_thresh, self.bg_iou_thresh, self.allow_low_quality_matches)
-        if "feature_sizes" in outputs:
-            matched = max_iou_assign_sparse(anchors, targets, outputs["num_per_level"], outputs["feature_sizes"],
-                                            outputs["level_strides"], *thresholds)  # [B, N]
-        else:
-            matched = max_iou_assign(anchors, targets, *thresholds)     # [B, N]
+        matched = assign_by_iou(outputs, targets, self.fg_iou_thresh, self.bg_iou_thresh,
+                                self.allow_low_quality_matches)         # [B, N]
 
         positive = matched >= 0                                         # [B, N]
         batch_idx, anchor_idx = positive.nonzero(as_tuple=True)        # [P], [P]

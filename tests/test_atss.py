@@ -56,10 +56,13 @@ def reference_atss_image(anchors, num_per_level, targets, topk):
     return [min(c)[1] if c else -1 for c in claims]
 
 
-def grid_anchors_for(image_size, octave_base_scale=8.0, offset=0.5):
+def grid_sizes_for(image_size):
     h, w = image_size
-    sizes = [((h + s - 1) // s, (w + s - 1) // s) for s in FPN_STRIDES]
-    points, strides, num_per_level = grid_points(sizes, FPN_STRIDES, offset, torch.device("cpu"))
+    return [((h + s - 1) // s, (w + s - 1) // s) for s in FPN_STRIDES]
+
+
+def grid_anchors_for(image_size, octave_base_scale=8.0, offset=0.5):
+    points, strides, num_per_level = grid_points(grid_sizes_for(image_size), FPN_STRIDES, offset, torch.device("cpu"))
     return square_anchors(points, strides, octave_base_scale), points, strides, num_per_level
 
 
@@ -166,7 +169,8 @@ def _outputs_for(image_size, batch_size, num_classes=5, octave_base_scale=8.0):
     N = anchors.shape[0]
     return {"cls_logits": torch.zeros(batch_size, N, num_classes), "box_reg": torch.zeros(batch_size, N, 4),
             "centerness": torch.zeros(batch_size, N), "anchors": anchors, "points": points,
-            "strides": strides, "num_per_level": num_per_level}
+            "strides": strides, "num_per_level": num_per_level, "feature_sizes": grid_sizes_for(image_size),
+            "level_strides": FPN_STRIDES}
 
 
 def test_ssc_is_fcos_rule():

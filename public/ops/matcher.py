@@ -121,6 +121,18 @@ def _anchor_shapes(anchors: torch.Tensor, num_per_level: list[int], feature_size
             "H": ints[:, 0], "W": ints[:, 1], "start": ints[:, 2], "A": ints[:, 3], "a": ints[:, 4]}
 
 
+def assign_by_iou(outputs: dict, targets: torch.Tensor, fg_iou_thresh: float, bg_iou_thresh: float,
+                  allow_low_quality_matches: bool = True) -> torch.Tensor:
+    """Max-IoU matching of a model's ``anchors``: ``max_iou_assign_sparse`` where the outputs
+    describe the anchors' grids (``num_per_level``, ``feature_sizes``, ``level_strides``, as the
+    RetinaNet and ATSS models give), ``max_iou_assign`` on any other anchors. Same answer."""
+    thresholds = (fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches)
+    if "feature_sizes" in outputs:
+        return max_iou_assign_sparse(outputs["anchors"], targets, outputs["num_per_level"], outputs["feature_sizes"],
+                                     outputs["level_strides"], *thresholds)
+    return max_iou_assign(outputs["anchors"], targets, *thresholds)
+
+
 def _own_best_box(anchors: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """The first best box over all boxes of their image, for anchors given as image * N + anchor
     (sorted): laid out as [B, T_max, 4] so that ``pairwise_iou`` (the dense rule's arithmetic)
