@@ -357,7 +357,6 @@ def test_overfit_small_atss(tmp_path):
     ap, seconds = overfit(DemoConfig(), images, annotations, steps=150)
     print(f"ATSS overfit: AP {ap:.3f} in {seconds:.0f}s")
     assert ap >= 0.9, ap
-    assert seconds < 120
 
 
 def test_cli_trains_and_evaluates_atss(tmp_path):

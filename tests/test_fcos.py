@@ -66,7 +66,6 @@ def test_overfit_small_fcos(tmp_path):
     ap, seconds = overfit(cfg, images, annotations, steps=200)
     print(f"FCOS overfit: AP {ap:.3f} in {seconds:.0f}s")
     assert ap >= 0.9, ap
-    assert seconds < 120
 
 
 @pytest.mark.parametrize("offset", [0.0, 0.5])
