@@ -6,7 +6,7 @@ import torch
 # Elements of one [B, chunk, M] IoU block, the bound all assigners share; it bounds matching
 # memory for crowded images (500 boxes x 16 images x 2000 anchors = 16M floats = 64 MB per block).
 from public.ops.assign import ASSIGN_CHUNK_ELEMENTS
-from public.ops.boxes import box_area, pairwise_iou
+from public.ops.boxes import pairwise_iou
 
 BACKGROUND = -1
 IGNORE = -2
@@ -86,14 +86,11 @@ def max_iou_assign(anchors: torch.Tensor, targets: torch.Tensor, fg_iou_thresh: 
     return matched
 
 
-def _pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of paired boxes, [..., 4] each -> [...], with ``pairwise_iou``'s arithmetic (so the
-    same float values for the same pair, which the sparse matcher's ties rely on)."""
-    width = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
-    height = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
-    inter = width * height
-    union = (box_area(a) + box_area(b)) - inter
-    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of paired boxes, [..., 4] each -> [...], by ``pairwise_iou`` itself (so the same float
+    values as the dense rule for the same pair, which the sparse matcher's ties rely on)."""
+    b = b.expand_as(a)
+    return pairwise_iou(a.reshape(-1, 1, 4), b.reshape(-1, 1, 4)).view(a.shape[:-1])
 
 
 def _anchor_shapes(anchors: torch.Tensor, num_per_level: list[int], feature_sizes: list[tuple[int, int]],
@@ -185,14 +182,14 @@ def max_iou_assign_sparse(anchors: torch.Tensor, targets: torch.Tensor, num_per_
         apart along x (likewise y): per box and anchor shape, a window of the grid;
       - per box and anchor shape, the intersection only shrinks as the anchor centre moves away
         from the box centre, so the best anchor of each shape is at the nearest grid position:
-        a 3 x 3 patch there gives each box's best IoU b_m, and its best anchors lie in the
-        window for t_m = min(t, b_m).
+        those S anchors give each box's best IoU b_m (up to rounding), and its best anchors
+        lie in the window for t_m = min(t, b_m).
     Each box gathers the anchors of its windows (thresholds and edges widened by a small slack,
     so the windows hold every qualifying pair despite rounding), their IoU is computed with
     ``pairwise_iou``'s arithmetic (the same values, so the same ties), the per-anchor best
     and first-best box and per-box best come from scatters, and the few low-quality anchors
     recompute their own best box over all boxes of their image, exactly as the dense rule.
-    Work: a few hundred pairs per box instead of N (49k anchors at 512 x 512).
+    Work: S + a window's pairs per box (about 100 on random boxes at 512 x 512) instead of N (49k).
 
     Returns:
         matched_gt: int64 [B, N], index into M; -1 background, -2 ignore.
@@ -220,7 +217,7 @@ def max_iou_assign_sparse(anchors: torch.Tensor, targets: torch.Tensor, num_per_
         col = torch.minimum(col.clamp(min=0), shape["W"] - 1)
         row = torch.minimum(row.clamp(min=0), shape["H"] - 1)
         n = shape["start"] + (row * shape["W"] + col) * shape["A"] + shape["a"]  # [B, M, S]
-        best = _pair_iou(anchors[n], boxes[:, :, None, :]).amax(dim=2)     # [B, M]
+        best = _paired_iou(anchors[n], boxes[:, :, None, :]).amax(dim=2)     # [B, M]
         threshold = torch.minimum(threshold, best)
     threshold = torch.where(valid, threshold, torch.zeros_like(threshold)) * (1 - _SLACK)
     t = threshold[..., None]                                             # [B, M, 1]
@@ -247,7 +244,7 @@ def max_iou_assign_sparse(anchors: torch.Tensor, targets: torch.Tensor, num_per_
     row = row_lo[b, m, s][window] + local // width
     b, m, s = b[window], m[window], s[window]                            # [P] each
     n = shape["start"][s] + (row * shape["W"][s] + col) * shape["A"][s] + shape["a"][s]
-    iou = _pair_iou(anchors[n], boxes[b, m])                             # [P]
+    iou = _paired_iou(anchors[n], boxes[b, m])                           # [P]
 
     # 1-2. each anchor's best IoU and first best box, then the thresholds.
     anchor_key = b * N + n                                               # [P] into B * N
