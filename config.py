@@ -43,6 +43,7 @@ class BaseConfig:
     resize_mode: str = "keep_ratio"   # "keep_ratio" (paper) or "square" (min_size x min_size)
     hflip_prob: float = 0.5           # probability of a horizontal flip at training
     size_divisible: int = 32          # batches are padded to a multiple of this
+    aspect_ratio_grouping: bool = True  # training batches of landscape or of portrait images only (less padding)
     num_workers: int = 4              # data-loading processes per training process
     batch_size: int = 16              # per process (per GPU)
 

@@ -23,6 +23,7 @@ from public.data.demo import (
     generate_demo_data,
 )
 from public.data.prefetcher import PIXEL_MEAN, PIXEL_STD, Prefetcher, normalize
+from public.data.sampler import GroupedBatchSampler
 from public.data.transforms import RandomHorizontalFlip, Resize, build_transforms
 
 
@@ -391,3 +392,77 @@ def test_prefetcher_normalises_and_zeroes_padding(messy_dataset):
             inside = (raw.images[i, :, :h, :w].float() - mean) / std
             torch.testing.assert_close(batch.images[i, :, :h, :w], inside)
             assert batch.images[i, :, h:, :].abs().sum() == 0 and batch.images[i, :, :, w:].abs().sum() == 0
+
+
+# ----------------------------------------------------------------------------- aspect-ratio grouping
+
+def _streaming_batches(shard: list[int], groups: list[int], batch_size: int, drop_last: bool) -> list[list[int]]:
+    """The plain rule, one image at a time: each group fills its own batch, emitted when full;
+    leftovers batched together in order at the end."""
+    open_batches, out = {}, []
+    for index in shard:
+        batch = open_batches.setdefault(groups[index], [])
+        batch.append(index)
+        if len(batch) == batch_size:
+            out.append(batch)
+            open_batches[groups[index]] = []
+    rest = sorted((i for b in open_batches.values() for i in b), key=shard.index)
+    out += [rest[k:k + batch_size] for k in range(0, len(rest), batch_size)
+            if len(rest[k:k + batch_size]) == batch_size or not drop_last]
+    return out
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_grouped_batches_follow_the_streaming_rule(world_size, drop_last):
+    generator = torch.Generator().manual_seed(0)
+    groups = (torch.rand(53, generator=generator) < 0.3).long().tolist()   # 30% portrait
+    samplers = [GroupedBatchSampler(groups, 4, rank, world_size, seed=7, drop_last=drop_last)
+                for rank in range(world_size)]
+    seen = []
+    for rank, sampler in enumerate(samplers):
+        sampler.set_epoch(3)
+        permutation = torch.randperm(53, generator=torch.Generator().manual_seed(7 + 3)).tolist()
+        shard = permutation[:53 // world_size * world_size][rank::world_size]
+        batches = list(sampler)
+        assert batches == _streaming_batches(shard, groups, 4, drop_last)
+        assert len(batches) == len(sampler) == (len(shard) // 4 if drop_last else -(-len(shard) // 4))
+        # one orientation per batch, except in the last two: the groups' leftovers batched together
+        assert all(len({groups[i] for i in b}) == 1 for b in batches[:-2])
+        seen += [i for b in batches for i in b]
+    if not drop_last:
+        assert len(seen) == len(set(seen)) == 53 // world_size * world_size   # each image once over the ranks
+    # a new epoch, a new order; the same epoch, the same order
+    sampler = samplers[0]
+    sampler.set_epoch(3)
+    again = list(sampler)
+    sampler.set_epoch(4)
+    assert list(sampler) != again
+    sampler.set_epoch(3)
+    assert list(sampler) == again
+
+
+def test_grouping_removes_padding():
+    """75% landscape 640x480, 25% portrait 480x640 images, batches of 2: padded pixels."""
+    sizes = [(480, 640)] * 300 + [(640, 480)] * 100                      # (h, w)
+    portrait = [h > w for h, w in sizes]
+
+    def padding(batches):
+        padded = sum(len(b) * max(sizes[i][0] for i in b) * max(sizes[i][1] for i in b) for b in batches)
+        return padded / sum(sizes[i][0] * sizes[i][1] for b in batches for i in b) - 1
+
+    grouped = list(GroupedBatchSampler(portrait, 2, seed=0))
+    shuffled = torch.randperm(400, generator=torch.Generator().manual_seed(0)).view(-1, 2).tolist()
+    assert len(grouped) == 200
+    assert padding(grouped) == 0.0                                       # 300 and 100 split evenly
+    assert padding(shuffled) > 0.1                                       # ~3/8 of pairs mixed, +33% each
+
+
+def test_dataset_orientation_from_json(messy_dataset, tmp_path):
+    with pytest.warns(UserWarning, match="degenerate"):
+        dataset = CocoDetection(*messy_dataset)
+    assert dataset.portrait().tolist() == [False, False, False]         # ids 2, 5, 9: all landscape
+    images = [{"id": 1, "file_name": "p.png", "width": 30, "height": 50},
+              {"id": 2, "file_name": "l.png", "width": 50, "height": 30}]
+    dataset = CocoDetection(*write_dataset(tmp_path / "o", images, [], CATEGORIES))
+    assert dataset.portrait().tolist() == [True, False]

@@ -83,6 +83,10 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def portrait(self) -> np.ndarray:
+        """bool [I]: taller than wide, from the json's sizes (False where they are absent)."""
+        return self._json_sizes[:, 0] > self._json_sizes[:, 1]
+
     def __getitem__(self, index: int) -> dict:
         path, image_id = self._paths[index], self.image_ids[index]
         # IGNORE_ORIENTATION: annotations are in stored-pixel coordinates, so EXIF rotation must not apply.

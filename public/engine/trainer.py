@@ -18,6 +18,7 @@ from public.data.coco import CocoDetection
 from public.data.collate import collate
 from public.data.demo import DEMO_ROOT, ensure_demo_data
 from public.data.prefetcher import Prefetcher
+from public.data.sampler import GroupedBatchSampler
 from public.data.transforms import build_transforms
 from public.engine import distributed as dist_utils
 from public.engine.checkpoint import (is_densedet, load_checkpoint, load_for_inference, load_model_weights,
@@ -66,20 +67,23 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_loader(cfg, dataset, train: bool, device: torch.device, collate_fn=None) -> DataLoader:
-    """Training: shuffled (sharded under DDP); evaluation: in order, each rank its own shard.
+    """Training: shuffled (sharded under DDP), in batches of one orientation with
+    ``aspect_ratio_grouping``; evaluation: in order, each rank its own shard.
     ``collate_fn`` replaces the padding ``collate`` (test-time augmentation takes raw samples)."""
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    collate_fn = collate_fn or functools.partial(collate, size_divisible=cfg.size_divisible)
+    common = {"num_workers": cfg.num_workers, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
+              "persistent_workers": cfg.num_workers > 0, "worker_init_fn": _seed_worker}
+    drop_last = train and len(dataset) >= cfg.batch_size * world
+    if train and cfg.aspect_ratio_grouping:
+        batches = GroupedBatchSampler(dataset.portrait(), cfg.batch_size, rank, world, cfg.seed, drop_last)
+        return DataLoader(dataset, batch_sampler=batches, **common)
     if train:
         sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
                    if world > 1 else RandomSampler(dataset))
     else:
         sampler = ShardSampler(len(dataset), rank, world) if world > 1 else SequentialSampler(dataset)
-    return DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=collate_fn or functools.partial(collate, size_divisible=cfg.size_divisible),
-        pin_memory=device.type == "cuda", drop_last=train and len(dataset) >= cfg.batch_size * world,
-        persistent_workers=cfg.num_workers > 0, worker_init_fn=_seed_worker,
-    )
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, **common)
 
 
 # ---- model ---------------------------------------------------------------------------------
@@ -178,8 +182,9 @@ def train(cfg) -> float:
             "classes": {"names": train_set.class_names, "category_ids": train_set.category_ids}}
 
     for epoch in range(start_epoch, cfg.epochs):
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
+        for sampler in (train_loader.sampler, train_loader.batch_sampler):
+            if hasattr(sampler, "set_epoch"):   # DistributedSampler, GroupedBatchSampler
+                sampler.set_epoch(epoch)
         losses = train_one_epoch(ddp_model, loss_fn, optimizer, scheduler, scaler, train_loader, device,
                                  epoch, cfg, amp_dtype)
         is_last = epoch + 1 == cfg.epochs
