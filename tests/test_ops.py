@@ -1,9 +1,12 @@
-"""Shared ops: the sparse-target focal loss against torchvision's dense one."""
+"""Shared ops: the sparse-target focal loss against torchvision's dense one; NMS in calls of
+whole groups against torchvision's batched_nms."""
 import pytest
 import torch
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import batched_nms, sigmoid_focal_loss
 
+from public.ops import postprocess
 from public.ops.losses import focal_loss_per_location
+from public.ops.postprocess import grouped_nms
 
 
 @pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.5)])
@@ -33,3 +36,27 @@ def test_focal_loss_without_positives_is_all_negative():
     p = torch.sigmoid(torch.tensor(2.0))
     expected = 0.75 * 0.25 * torch.log(torch.tensor(2.0)) + 0.75 * p ** 2 * torch.nn.functional.softplus(torch.tensor(2.0))
     torch.testing.assert_close(got, expected.reshape(1, 1))
+
+
+@pytest.mark.parametrize("max_boxes_per_call", [0, 40, 300, 5000])
+def test_grouped_nms_in_calls_equals_batched_nms(monkeypatch, max_boxes_per_call):
+    """Split into calls of whole groups (renumbered from 0), NMS keeps the same boxes, by score."""
+    generator = torch.Generator().manual_seed(3)
+    K = 3000
+    corner = torch.rand(K, 2, generator=generator) * 300
+    boxes = torch.cat([corner, corner + 5 + torch.rand(K, 2, generator=generator) * 60], dim=1)
+    scores = torch.rand(K, generator=generator)
+    groups = torch.randint(0, 8 * 91, (K,), generator=generator)        # (image, class) pairs
+    groups[:200] = 7                                                     # one group larger than a call
+    expected = batched_nms(boxes, scores, groups, 0.5)
+    calls = []
+    monkeypatch.setattr(postprocess, "batched_nms", lambda *a: calls.append(a[0].shape[0]) or batched_nms(*a))
+    got = grouped_nms(boxes, scores, groups, 0.5, max_boxes_per_call)
+    assert torch.equal(got.sort().values, expected.sort().values)
+    assert torch.equal(scores[got], scores[expected])                  # decreasing score
+    assert 100 < got.numel() < K
+    if 0 < max_boxes_per_call < K:
+        assert len(calls) > 1 and sum(calls) == K
+        assert max(calls) < max_boxes_per_call + 200                    # whole groups: under the limit + one group
+    else:
+        assert calls == [K]

@@ -1,12 +1,49 @@
 """Batched post-processing shared by the decoders: top-k per level, NMS, max detections.
 
 No Python loop over images: candidates of all images are ranked with one ``topk`` per level
-and suppressed with one ``batched_nms`` whose groups are (image, class) pairs.
+and suppressed with ``grouped_nms`` (``batched_nms`` whose groups are (image, class) pairs).
 """
 from __future__ import annotations
 
 import torch
 from torchvision.ops import batched_nms
+
+
+# Most boxes for which torchvision's ``batched_nms`` runs one NMS with the groups kept apart by
+# coordinate offsets; above it, it runs one NMS per group, a Python loop with a host sync each
+# (torchvision's thresholds, from its benchmarks: 1000 boxes on a CPU, 25000 on a GPU).
+ONE_CALL_BOXES_GPU = 25_000
+
+
+def grouped_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float,
+                max_boxes_per_call: int | None = None) -> torch.Tensor:
+    """``batched_nms`` over many groups, in calls of whole groups of at most about
+    ``max_boxes_per_call`` boxes each (default: none on a CPU, where torchvision's per-group
+    loop is its faster choice; ``ONE_CALL_BOXES_GPU`` elsewhere, so that a batch of images
+    with many candidates costs a few offset NMS calls instead of one per (image, class)).
+    Within a call the groups are renumbered from 0, which keeps the offsets small.
+
+    Args: boxes [K, 4], scores [K], groups int [K].
+    Returns: indices of the kept boxes [D], by decreasing score (as ``batched_nms``).
+    """
+    if max_boxes_per_call is None:
+        max_boxes_per_call = 0 if boxes.device.type == "cpu" else ONE_CALL_BOXES_GPU
+    if max_boxes_per_call <= 0 or boxes.shape[0] <= max_boxes_per_call:
+        return batched_nms(boxes, scores, groups, iou_threshold)
+    order = torch.argsort(groups, stable=True)                          # [K] group by group
+    sorted_groups = groups[order]
+    first = torch.ones_like(sorted_groups, dtype=torch.bool)
+    first[1:] = sorted_groups[1:] != sorted_groups[:-1]                  # each group's first box
+    position = torch.arange(order.numel(), device=order.device)
+    group_start = torch.where(first, position, torch.zeros_like(position)).cummax(0).values
+    call = group_start // max_boxes_per_call                             # [K] whole groups per call
+    number = first.cumsum(0) - 1                                         # groups numbered 0, 1, ...
+    local = number - number.new_full((int(call[-1]) + 1,), order.numel()).scatter_reduce(
+        0, call, number, "amin")[call]                                   # renumbered from 0 per call
+    sizes = torch.bincount(call).tolist()                                # one host sync
+    keep = torch.cat([part[batched_nms(boxes[part], scores[part], ids, iou_threshold)]
+                      for part, ids in zip(order.split(sizes), local.split(sizes))])
+    return keep[scores[keep].sort(descending=True, stable=True).indices]
 
 
 def topk_per_level(scores: torch.Tensor, candidates: torch.Tensor, num_per_level: list[int], k: int):
@@ -46,7 +83,7 @@ def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tenso
     B, K = scores.shape
     image_idx = torch.arange(B, device=scores.device)[:, None].expand(B, K)
     image_idx, boxes, scores, labels = image_idx[valid], boxes[valid], scores[valid], labels[valid]
-    keep = batched_nms(boxes, scores, image_idx * num_classes + labels, nms_thresh)  # by decreasing score
+    keep = grouped_nms(boxes, scores, image_idx * num_classes + labels, nms_thresh)  # by decreasing score
     # Stable sort by image keeps each image's detections in decreasing score order.
     keep = keep[torch.sort(image_idx[keep], stable=True).indices]
     kept_images = image_idx[keep]
