@@ -51,8 +51,11 @@ class BaseConfig:
     backbone: str = "resnet50"        # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d
     pretrained: bool = False          # ImageNet weights through torchvision's weight enums
     backbone_weights: str = ""        # a local file with the backbone's ImageNet state dict (overrides download)
-    frozen_stages: int = 1            # 0: train all; 1: freeze stem + stage 1 (paper); up to 4
-    freeze_bn: bool = True            # frozen BatchNorm statistics and affine (paper); SyncBN under DDP if False
+    # "auto": the paper's fine-tuning recipe (frozen_stages=1, freeze_bn=True) when the backbone
+    # starts from trained weights (pretrained, backbone_weights or init_from), everything trained
+    # (0, False) from random init. An explicit value always wins.
+    frozen_stages: int = "auto"       # 0: train all; 1: freeze stem + stage 1 (paper); up to 4; or "auto"
+    freeze_bn: bool = "auto"          # frozen BatchNorm statistics and affine (paper); SyncBN under DDP if False; or "auto"
     # Modulated deformable conv (DCNv2) for the 3x3 conv of every block of layer1..layer4;
     # (False, True, True, True) is the DCNv2 paper's and the ATSS "dcnv2" models' choice.
     dcn_stages: tuple = (False, False, False, False)
@@ -88,14 +91,20 @@ class BaseConfig:
     # ---- optimisation -------------------------------------------------------------------
     epochs: int = 12                  # 12 = the "1x" schedule on COCO
     optimizer: str = "sgd"            # "sgd" or "adamw"
-    lr: float = 0.01                  # for batch_size x world size = 16; scale linearly with the total batch
+    lr: float = 0.01                  # the lr at a total batch of reference_batch (16); scaled to the run's total batch if scale_lr
+    scale_lr: bool = True             # lr x (batch_size x processes) / reference_batch (linear scaling rule); False: lr as given
+    reference_batch: int = 16         # the total batch that lr is meant for (the papers': 16)
     momentum: float = 0.9             # SGD momentum
     weight_decay: float = 1e-4        # not applied to norm layers and biases
     scheduler: str = "multistep"      # "multistep", "cosine" or "plateau" (ReduceLROnPlateau on mAP)
-    lr_steps: tuple = (8, 11)         # epochs at which multistep multiplies the lr by lr_gamma
+    # Epochs at which multistep multiplies the lr by lr_gamma: values below 1 are fractions of
+    # `epochs` (the default is 8/12 and 11/12: the 1x recipe at 12 epochs, the 2x at 24), whole
+    # numbers are epochs, e.g. (8, 11).
+    lr_steps: tuple = (0.667, 0.917)
     lr_gamma: float = 0.1             # lr multiplier of multistep and plateau
     plateau_patience: int = 2         # evaluations without improvement before plateau lowers the lr
-    warmup_iters: int = 500           # linear warmup iterations at the start
+    warmup_iters: int = 500           # linear warmup iterations at the start (capped by warmup_max_fraction)
+    warmup_max_fraction: float = 0.25 # warmup is at most this fraction of the run's iterations (1.0: no cap)
     warmup_factor: float = 0.001      # lr multiplier at iteration 0 of the linear warmup
     clip_grad_norm: float = 0.0       # 0 disables gradient clipping
     amp: bool = False                 # mixed precision with torch.amp (GradScaler for float16)
@@ -176,8 +185,18 @@ class BaseConfig:
         return None
 
 
+# Fields that may also hold "auto" (resolved at the start of a run, public/engine/resolve.py),
+# with the type of their explicit values.
+AUTO_FIELDS: dict[str, Any] = {"frozen_stages": 0, "freeze_bn": False}
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the type of ``default``; accept int for float, a scalar for a tuple."""
+    """Check ``value`` against the type of ``default``; accept int for float, a scalar for a tuple,
+    and "auto" for the fields of ``AUTO_FIELDS``."""
+    if key in AUTO_FIELDS:
+        if value == "auto" and isinstance(value, str):
+            return value
+        default = AUTO_FIELDS[key]
     expected = type(default)
     if isinstance(default, bool):
         if isinstance(value, bool):
@@ -195,8 +214,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return (value,)
     elif isinstance(value, expected):
         return value
+    also = " or 'auto'" if key in AUTO_FIELDS else ""
     raise TypeError(
-        f"config key '{key}' expects {expected.__name__} (default {default!r}), got {type(value).__name__} {value!r}"
+        f"config key '{key}' expects {expected.__name__}{also} (default {default!r}), "
+        f"got {type(value).__name__} {value!r}"
     )
 
 
@@ -242,9 +263,7 @@ class DemoSettings:
     augmentation scales around 160 px.
     """
     backbone = "resnet18"
-    pretrained = False
-    frozen_stages = 0
-    freeze_bn = False
+    pretrained = False                # from scratch: frozen_stages and freeze_bn "auto" train everything
     fpn_channels = 64
     num_convs = 2
     min_size = (160,)
@@ -254,7 +273,7 @@ class DemoSettings:
     num_workers = 2
     epochs = 24
     optimizer = "adamw"
-    lr = 2e-3
+    lr = 4e-3                         # at a total batch of 16: 2e-3 at the demo's batch of 8
     weight_decay = 0.05
     scheduler = "cosine"
     warmup_iters = 100

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from public.engine.resolve import step_epochs
+
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum (the papers' recipe) or AdamW; weight decay on conv/linear weights
@@ -26,7 +28,8 @@ class LRScheduler:
     """Per-iteration learning rate = lr x warmup(it) x schedule.
 
     warmup: linear from ``warmup_factor`` to 1 over ``warmup_iters``.
-    schedule: "multistep" (x ``lr_gamma`` at each epoch in ``lr_steps``), "cosine" (to 0 at
+    schedule: "multistep" (x ``lr_gamma`` at each epoch of ``lr_steps``, fractions of ``epochs``
+    below 1), "cosine" (to 0 at
     the last iteration) or "plateau" (x ``lr_gamma`` after ``plateau_patience`` evaluations
     without a better mAP; call ``step_metric``). Its state is plain numbers, so it loads with
     ``weights_only=True``.
@@ -39,6 +42,7 @@ class LRScheduler:
         self.cfg = cfg
         self.iters_per_epoch = max(1, iters_per_epoch)
         self.total_iters = max(1, self.iters_per_epoch * cfg.epochs)
+        self.lr_steps = step_epochs(cfg.lr_steps, cfg.epochs)  # fractions of the run -> epochs
         self.iteration = 0
         self.plateau_factor = 1.0
         self.best_metric = -math.inf
@@ -53,7 +57,7 @@ class LRScheduler:
             warmup = cfg.warmup_factor * (1 - alpha) + alpha
         if cfg.scheduler == "multistep":
             epoch = iteration // self.iters_per_epoch
-            main = cfg.lr_gamma ** sum(epoch >= step for step in cfg.lr_steps)
+            main = cfg.lr_gamma ** sum(epoch >= step for step in self.lr_steps)
         elif cfg.scheduler == "cosine":
             main = 0.5 * (1 + math.cos(math.pi * min(iteration, self.total_iters) / self.total_iters))
         else:

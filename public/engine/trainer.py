@@ -26,6 +26,7 @@ from public.engine.checkpoint import (is_densedet, load_checkpoint, load_for_inf
 from public.engine.evaluator import EvalResult, evaluate, format_per_class, format_stats
 from public.engine.logger import MetricLogger, append_jsonl, setup_logging
 from public.engine.optim import LRScheduler, build_optimizer
+from public.engine.resolve import resolve_for_run
 
 logger = logging.getLogger("densedet")
 
@@ -132,6 +133,10 @@ def train(cfg) -> float:
     if train_set.category_ids != val_set.category_ids:
         raise ValueError(f"categories differ between {cfg.train_annotations} ({train_set.category_ids}) "
                          f"and {cfg.val_annotations} ({val_set.category_ids})")
+    resume = str(work_dir / "latest.pth") if cfg.resume == "auto" else cfg.resume
+    checkpoint = load_checkpoint(resume) if resume and Path(resume).is_file() else None
+    stored = checkpoint.get("resolved") if isinstance(checkpoint, dict) else None
+    resolved = resolve_for_run(cfg, len(train_set), dist_utils.get_world_size(), stored, logger)
     train_loader = build_loader(cfg, train_set, True, device)
     val_loader = build_loader(cfg, val_set, False, device)
     if len(train_loader) == 0:
@@ -143,7 +148,7 @@ def train(cfg) -> float:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if dist_utils.is_distributed() and not cfg.freeze_bn and device.type == "cuda":
+    if dist_utils.is_distributed() and cfg.freeze_bn is False and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs' images
     loss_fn, decoder = cfg.build_loss(), cfg.build_decoder()
     optimizer = build_optimizer(cfg, model)
@@ -152,9 +157,7 @@ def train(cfg) -> float:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
 
     start_epoch, best_map = 0, -1.0
-    resume = str(work_dir / "latest.pth") if cfg.resume == "auto" else cfg.resume
-    if resume and Path(resume).is_file():
-        checkpoint = load_checkpoint(resume)
+    if checkpoint is not None:
         if not is_densedet(checkpoint) or "optimizer" not in checkpoint:
             raise ValueError(f"resume={resume} is not a densedet latest.pth (use init_from for weights only)")
         load_model_weights(model, checkpoint["model"], resume)
@@ -178,7 +181,7 @@ def train(cfg) -> float:
 
     ddp_model = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                  if dist_utils.is_distributed() else model)
-    meta = {"format": "densedet", "config": cfg.to_dict(),
+    meta = {"format": "densedet", "config": cfg.to_dict(), "resolved": resolved,
             "classes": {"names": train_set.class_names, "category_ids": train_set.category_ids}}
 
     for epoch in range(start_epoch, cfg.epochs):

@@ -96,25 +96,37 @@ def use_deformable_convs(net: nn.Module, dcn_stages: tuple) -> None:
             block.conv2 = DeformConv.from_conv(block.conv2, modulated=True)
 
 
+def backbone_freezing(cfg) -> tuple[int, bool]:
+    """(frozen_stages, freeze_bn) for ``cfg``, with "auto" resolved: the paper's fine-tuning
+    recipe (stem + stage 1 and BatchNorm frozen) when the backbone starts from trained weights
+    (``pretrained``, ``backbone_weights`` or ``init_from``), everything trained from random
+    init, where freezing would only keep random weights and identity BatchNorm."""
+    trained = bool(cfg.pretrained or cfg.backbone_weights or cfg.init_from)
+    frozen_stages = (1 if trained else 0) if cfg.frozen_stages == "auto" else cfg.frozen_stages
+    freeze_bn = trained if cfg.freeze_bn == "auto" else cfg.freeze_bn
+    if not 0 <= frozen_stages <= 4:
+        raise ValueError(f"frozen_stages must be in 0..4 or 'auto', got {frozen_stages}")
+    return frozen_stages, freeze_bn
+
+
 def build_backbone(cfg) -> BackboneWithFPN:
     """ResNet/ResNeXt C3-C5 + FPN P3-P5 + P6/P7. Output: OrderedDict of 5 maps with
     ``cfg.fpn_channels`` channels at strides 8, 16, 32, 64, 128.
 
-    Frozen stages and frozen BN follow the paper's fine-tuning recipe; without pretrained
-    weights, train everything (``frozen_stages=0 freeze_bn=False``).
+    Frozen stages and frozen BN follow ``backbone_freezing``: the paper's fine-tuning recipe
+    with trained weights, everything trained from scratch, unless set explicitly.
     """
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"backbone '{cfg.backbone}' is not one of {', '.join(BACKBONES)}")
-    if not 0 <= cfg.frozen_stages <= 4:
-        raise ValueError(f"frozen_stages must be in 0..4, got {cfg.frozen_stages}")
-    norm_layer = FrozenBatchNorm2d if cfg.freeze_bn else nn.BatchNorm2d
+    frozen_stages, freeze_bn = backbone_freezing(cfg)
+    norm_layer = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
     net = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm_layer)
     use_deformable_convs(net, cfg.dcn_stages)
     if cfg.pretrained or cfg.backbone_weights:
         _load_imagenet_weights(net, cfg.backbone, cfg.backbone_weights)
 
     # frozen_stages=1 freezes the stem and layer1, 2 also layer2, ...
-    frozen = ["conv1", "bn1"] + [f"layer{i}" for i in range(1, cfg.frozen_stages + 1)] if cfg.frozen_stages else []
+    frozen = ["conv1", "bn1"] + [f"layer{i}" for i in range(1, frozen_stages + 1)] if frozen_stages else []
     for name, param in net.named_parameters():
         if any(name.startswith(prefix + ".") for prefix in frozen):
             param.requires_grad_(False)

@@ -1,0 +1,168 @@
+"""Settings that depend on the run, resolved once at its start.
+
+The papers' recipes are written for COCO fine-tuning: ImageNet weights to protect (frozen stem
+and stage 1, frozen BatchNorm), 90k iterations (500 warmup iterations, lr drops at epochs 8 and
+11 of 12) and a total batch of 16 (lr 0.01). A user's own small dataset, trained from scratch
+at another batch size, needs other values; this module derives them from what the run actually
+is, unless the user set them:
+
+- freezing (``frozen_stages``, ``freeze_bn``): "auto" freezes the stem, stage 1 and BatchNorm
+  (the paper) when the backbone starts from trained weights (``pretrained``,
+  ``backbone_weights`` or ``init_from``), and trains everything from random init;
+- warmup: ``warmup_iters``, capped at ``warmup_max_fraction`` of the run's iterations;
+- lr steps: ``lr_steps`` below 1 are fractions of ``epochs`` (the default 8/12 and 11/12 is the
+  1x recipe at 12 epochs and the 2x recipe at 24), whole numbers are epochs;
+- lr: ``lr`` is the lr at a total batch of ``reference_batch``, scaled linearly to the run's
+  total batch (``batch_size`` x processes) when ``scale_lr`` is set (the linear scaling rule of
+  Goyal et al., 2017, as mmdetection's ``auto_scale_lr``).
+
+``resolve`` returns the values used; the trainer writes them into the config (so config.json
+and every checkpoint hold what the run actually used, with ``scale_lr=False`` since ``lr`` is
+then the lr used) and logs one block. A resumed run takes the stored values instead of
+resolving again, so a resumed schedule is the interrupted one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from public.models.backbone import backbone_freezing
+
+# The keys whose value ``resolve`` may change; stored in every checkpoint as "resolved".
+RESOLVED_KEYS = ("frozen_stages", "freeze_bn", "warmup_iters", "lr_steps", "lr", "scale_lr", "batch_size")
+
+
+@dataclass
+class Resolution:
+    """What ``resolve`` decided: the values to apply, one line per decision, and warnings."""
+    values: dict                                     # key -> value used (RESOLVED_KEYS)
+    lines: list[str] = field(default_factory=list)   # the "resolved:" block, one decision a line
+    warnings: list[str] = field(default_factory=list)
+
+
+def step_epochs(lr_steps: tuple, epochs: int) -> tuple[int, ...]:
+    """``lr_steps`` as epochs: values below 1 are fractions of ``epochs`` (rounded, at least 1),
+    whole numbers are epochs already. Mixing both is an error naming the key."""
+    steps = tuple(lr_steps)
+    fractions = [s for s in steps if 0 < s < 1]
+    if any(s <= 0 for s in steps):
+        raise ValueError(f"lr_steps must be positive (fractions of the run below 1, or epochs), got {steps}")
+    if fractions and len(fractions) != len(steps):
+        raise ValueError(f"lr_steps mixes fractions of the run and epochs: {steps}; give all as fractions "
+                         f"(e.g. (0.667, 0.917)) or all as epochs (e.g. (8, 11))")
+    if fractions:
+        return tuple(max(1, round(s * epochs)) for s in steps)
+    if any(float(s) != int(s) for s in steps):
+        raise ValueError(f"lr_steps of 1 or more are epochs and must be whole numbers, got {steps}")
+    return tuple(int(s) for s in steps)
+
+
+def from_scratch(cfg) -> bool:
+    """True when no trained weights initialise the backbone."""
+    return not (cfg.pretrained or cfg.backbone_weights or cfg.init_from)
+
+
+def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
+    """Derive the run-dependent settings of ``cfg`` for ``num_train_images`` images split over
+    ``world_size`` processes. ``cfg`` is not modified.
+
+    The number of iterations per epoch is that of the training loader: batches of
+    ``batch_size`` per process, the last partial one dropped when there are at least
+    ``batch_size`` x ``world_size`` images (as ``build_loader`` does; aspect-ratio grouping
+    drops at most one partial batch per orientation, so this is exact up to one iteration).
+    """
+    lines, warnings = [], []
+    values = {key: getattr(cfg, key) for key in RESOLVED_KEYS}
+
+    # ---- the batch --------------------------------------------------------------------
+    batch_size = cfg.batch_size
+    per_rank_images = max(1, math.ceil(num_train_images / world_size))
+    if num_train_images < batch_size * world_size:
+        batch_size = per_rank_images
+        warnings.append(f"only {num_train_images} training images for batch_size={cfg.batch_size} x "
+                        f"{world_size} process(es): batch_size={batch_size}, one batch per epoch")
+    values["batch_size"] = batch_size
+    total_batch = batch_size * world_size
+    if num_train_images >= batch_size * world_size:
+        iters_per_epoch = num_train_images // (batch_size * world_size)
+    else:
+        iters_per_epoch = 1
+    total_iters = iters_per_epoch * cfg.epochs
+
+    # ---- freezing -----------------------------------------------------------------------
+    scratch = from_scratch(cfg)
+    frozen_stages, freeze_bn = backbone_freezing(cfg)
+    values["frozen_stages"], values["freeze_bn"] = frozen_stages, freeze_bn
+    source = ("backbone trained from scratch" if scratch else
+              "backbone from " + ("init_from" if cfg.init_from else "ImageNet weights"))
+    bn = "BatchNorm frozen" if freeze_bn else "BatchNorm trained (SyncBN under DDP on GPUs)"
+    lines.append(f"{source}: frozen_stages={frozen_stages}, {bn}"
+                 + ("" if cfg.frozen_stages == "auto" and cfg.freeze_bn == "auto" else " (as set)"))
+    if scratch and (frozen_stages > 0 or freeze_bn):
+        warnings.append(f"frozen_stages={frozen_stages} freeze_bn={freeze_bn} freeze random weights: there are no "
+                        f"pretrained weights to protect (set frozen_stages=auto freeze_bn=auto to train them)")
+
+    # ---- lr -------------------------------------------------------------------------------
+    if cfg.scale_lr:
+        if cfg.reference_batch < 1:
+            raise ValueError(f"reference_batch must be >= 1, got {cfg.reference_batch}")
+        lr = cfg.lr * total_batch / cfg.reference_batch
+        lines.append(f"lr {lr:.6g} for a total batch of {total_batch} ({cfg.lr:g} at {cfg.reference_batch}; "
+                     f"scale_lr=False uses lr as given)")
+        values["lr"], values["scale_lr"] = lr, False
+    else:
+        lines.append(f"lr {cfg.lr:.6g} as given, for a total batch of {total_batch} (scale_lr=False)")
+
+    # ---- warmup -------------------------------------------------------------------------
+    cap = max(0, int(cfg.warmup_max_fraction * total_iters))
+    warmup = min(cfg.warmup_iters, cap)
+    values["warmup_iters"] = warmup
+    if warmup < cfg.warmup_iters:
+        lines.append(f"warmup {warmup} iterations (run: {total_iters}; warmup_iters={cfg.warmup_iters} capped at "
+                     f"warmup_max_fraction={cfg.warmup_max_fraction:g} of the run)")
+        warnings.append(f"warmup_iters={cfg.warmup_iters} is more than {cfg.warmup_max_fraction:g} of this run's "
+                        f"{total_iters} iterations: warmup shortened to {warmup}")
+    else:
+        lines.append(f"warmup {warmup} iterations (run: {total_iters} = {cfg.epochs} epochs x {iters_per_epoch})")
+
+    # ---- lr steps -------------------------------------------------------------------------
+    steps = step_epochs(cfg.lr_steps, cfg.epochs)
+    values["lr_steps"] = steps
+    if cfg.scheduler == "multistep":
+        given_as_epochs = all(s >= 1 for s in cfg.lr_steps)
+        late = [s for s in steps if s >= cfg.epochs] if given_as_epochs else []
+        lines.append(f"lr steps at epochs {', '.join(map(str, steps))} of {cfg.epochs} (x{cfg.lr_gamma:g} each)")
+        if late:
+            warnings.append(f"lr_steps {steps}: epochs {late} are not before the end of the run (epochs={cfg.epochs}); "
+                            f"give fractions of the run (e.g. (0.667, 0.917)) to follow epochs")
+    else:
+        lines.append(f"scheduler {cfg.scheduler}")
+
+    # ---- evaluation -----------------------------------------------------------------------
+    if cfg.eval_interval > cfg.epochs:
+        warnings.append(f"eval_interval={cfg.eval_interval} is longer than the run ({cfg.epochs} epochs): "
+                        f"evaluating after the last epoch only")
+    return Resolution(values, lines, warnings)
+
+
+def resolve_for_run(cfg, num_train_images: int, world_size: int, stored: dict | None, log) -> dict:
+    """Resolve ``cfg``'s run-dependent settings (or take ``stored``, the "resolved" entry of the
+    checkpoint a run resumes from), write them into ``cfg``, log the block and the warnings
+    with ``log`` (a logger); return the entry to store in checkpoints."""
+    requested = {key: getattr(cfg, key) for key in RESOLVED_KEYS}
+    if stored is not None:
+        changed = [key for key in RESOLVED_KEYS if stored["requested"].get(key) != requested[key]]
+        cfg.update(stored["values"])
+        log.info("resolved (stored in the checkpoint this run resumes from):\n  %s",
+                 "\n  ".join(stored["lines"]))
+        if changed:
+            log.warning("resuming keeps the settings the run started with: %s (this command asks for %s)",
+                        ", ".join(f"{k}={stored['values'][k]!r}" for k in changed),
+                        ", ".join(f"{k}={requested[k]!r}" for k in changed))
+        return stored
+    resolution = resolve(cfg, num_train_images, world_size)
+    cfg.update(resolution.values)
+    log.info("resolved:\n  %s", "\n  ".join(resolution.lines))
+    for warning in resolution.warnings:
+        log.warning("short or small run: %s", warning)
+    return {"values": resolution.values, "requested": requested, "lines": resolution.lines}

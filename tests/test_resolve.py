@@ -1,0 +1,186 @@
+"""Settings resolved at the start of a run: freezing, warmup, lr steps and lr follow the run,
+an explicit value always wins, and a resumed run keeps the values it started with."""
+import json
+import logging
+
+import pytest
+import torch
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from atss.config import Config as ATSSConfig
+from config import load_config
+from fcos.config import Config as FCOSConfig
+from public.engine.optim import LRScheduler, build_optimizer
+from public.engine.resolve import resolve, resolve_for_run, step_epochs
+from public.models.backbone import build_backbone
+from retinanet.config import Config as RetinaNetConfig
+
+
+def scratch(**overrides):
+    return FCOSConfig(backbone="resnet18", pretrained=False, **overrides)
+
+
+# ---- freezing ----------------------------------------------------------------------------
+@pytest.mark.parametrize("weights, expected", [
+    ({"pretrained": False}, (0, False)),
+    ({"pretrained": True}, (1, True)),
+    ({"pretrained": False, "backbone_weights": "r18.pth"}, (1, True)),
+    ({"pretrained": False, "init_from": "coco.pth"}, (1, True)),
+])
+def test_freezing_follows_the_weights(weights, expected):
+    cfg = FCOSConfig(backbone="resnet18", **weights)
+    values = resolve(cfg, 64).values
+    assert (values["frozen_stages"], values["freeze_bn"]) == expected
+
+
+def test_explicit_freezing_wins_and_warns_on_random_weights():
+    resolution = resolve(scratch(frozen_stages=2, freeze_bn=True), 64)
+    assert (resolution.values["frozen_stages"], resolution.values["freeze_bn"]) == (2, True)
+    assert any("freeze random weights" in w for w in resolution.warnings)
+    resolution = resolve(FCOSConfig(pretrained=True, frozen_stages=0, freeze_bn=False), 118287)
+    assert (resolution.values["frozen_stages"], resolution.values["freeze_bn"]) == (0, False)
+    assert resolution.warnings == []
+
+
+def test_backbone_built_from_scratch_trains_every_layer():
+    net = build_backbone(scratch()).body
+    assert all(p.requires_grad for p in net.parameters())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in net.modules())
+    assert isinstance(net.bn1, torch.nn.BatchNorm2d)
+    net = build_backbone(scratch(frozen_stages=1, freeze_bn=True)).body
+    assert not net.conv1.weight.requires_grad and not net.layer1[0].conv1.weight.requires_grad
+    assert net.layer2[0].conv1.weight.requires_grad and isinstance(net.bn1, FrozenBatchNorm2d)
+
+
+def test_auto_is_a_valid_override_and_other_strings_are_not():
+    cfg = load_config("fcos/config_demo.py", ["frozen_stages=auto", "freeze_bn=True"])
+    assert cfg.frozen_stages == "auto" and cfg.freeze_bn is True
+    with pytest.raises(TypeError, match="frozen_stages.*'auto'"):
+        load_config("fcos/config_demo.py", ["frozen_stages=all"])
+
+
+# ---- schedule ----------------------------------------------------------------------------
+@pytest.mark.parametrize("epochs, steps", [(12, (8, 11)), (24, (16, 22)), (36, (24, 33)), (1, (1, 1))])
+def test_default_lr_steps_are_fractions_of_the_run(epochs, steps):
+    assert step_epochs(FCOSConfig.lr_steps, epochs) == steps
+    assert resolve(scratch(epochs=epochs), 640).values["lr_steps"] == steps
+
+
+def test_explicit_lr_steps_are_epochs():
+    assert resolve(scratch(epochs=24, lr_steps=(8, 11)), 640).values["lr_steps"] == (8, 11)
+    with pytest.raises(ValueError, match="mixes"):
+        step_epochs((0.5, 11), 24)
+    with pytest.raises(ValueError, match="positive"):
+        step_epochs((0, 0.5), 24)
+    resolution = resolve(scratch(epochs=6, lr_steps=(8, 11)), 640)
+    assert any("not before the end" in w for w in resolution.warnings)
+
+
+@pytest.mark.parametrize("images, epochs, batch, expected_warmup", [
+    (36, 24, 4, 54),          # 9 iterations x 24 = 216: a quarter is 54
+    (240, 24, 8, 180),        # the demo at batch 8: 720 iterations
+    (640, 12, 16, 120),       # 40 x 12 = 480
+    (118287, 12, 16, 500),    # COCO 1x: 88704 iterations, the user's 500 fits
+    (118287, 36, 16, 500),
+])
+def test_warmup_is_at_most_a_quarter_of_the_run(images, epochs, batch, expected_warmup):
+    resolution = resolve(scratch(epochs=epochs, batch_size=batch), images)
+    assert resolution.values["warmup_iters"] == expected_warmup
+    shortened = expected_warmup < 500
+    assert any("warmup shortened" in w for w in resolution.warnings) == shortened
+
+
+def test_warmup_cap_can_be_lifted():
+    assert resolve(scratch(epochs=24, batch_size=4, warmup_max_fraction=1.0), 36).values["warmup_iters"] == 216
+    assert resolve(scratch(epochs=24, batch_size=4, warmup_iters=20), 36).values["warmup_iters"] == 20
+
+
+def test_resolved_schedule_reaches_the_set_lr_and_drops_at_fractions():
+    """The issue's small run: 36 images, batch 4, 24 epochs. The lr reaches its value after the
+    warmup and drops at epochs 16 and 22, instead of never exceeding 10% of it."""
+    cfg = scratch(epochs=24, batch_size=4, lr=0.01)
+    cfg.update(resolve(cfg, 36).values)
+    sched = LRScheduler(build_optimizer(cfg, torch.nn.Linear(2, 2)), cfg, iters_per_epoch=9)
+    lrs = []
+    for _ in range(216):
+        lrs.append(sched.get_lr())
+        sched.step()
+    assert max(lrs) == pytest.approx(0.0025)
+    assert lrs[54] == pytest.approx(0.0025) and lrs[16 * 9 - 1] == pytest.approx(0.0025)
+    assert lrs[16 * 9] == pytest.approx(0.00025) and lrs[22 * 9] == pytest.approx(0.000025)
+
+
+# ---- lr scaling ------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch, world, expected", [(2, 1, 0.00125), (16, 1, 0.01), (64, 1, 0.04),
+                                                    (8, 2, 0.01), (4, 2, 0.005)])
+def test_lr_scales_with_the_total_batch(batch, world, expected):
+    resolution = resolve(scratch(batch_size=batch, lr=0.01), 10000, world_size=world)
+    assert resolution.values["lr"] == pytest.approx(expected)
+    assert resolution.values["scale_lr"] is False    # the stored lr is the one used: not scaled again
+    assert f"total batch of {batch * world}" in resolution.lines[1]
+
+
+def test_lr_scaling_can_be_switched_off_or_referenced_elsewhere():
+    assert resolve(scratch(batch_size=4, lr=0.01, scale_lr=False), 1000).values["lr"] == 0.01
+    assert resolve(scratch(batch_size=4, lr=0.01, reference_batch=8), 1000).values["lr"] == pytest.approx(0.005)
+
+
+def test_fewer_images_than_a_batch():
+    resolution = resolve(scratch(batch_size=16, lr=0.01), 6)
+    assert resolution.values["batch_size"] == 6
+    assert resolution.values["lr"] == pytest.approx(0.01 * 6 / 16)
+    assert any("only 6 training images" in w for w in resolution.warnings)
+
+
+def test_eval_interval_longer_than_the_run_warns():
+    assert any("eval_interval=5" in w for w in resolve(scratch(epochs=3, eval_interval=5), 100).warnings)
+
+
+@pytest.mark.parametrize("config", [FCOSConfig, ATSSConfig, RetinaNetConfig])
+def test_every_model_config_means_lr_at_batch_16(config):
+    cfg = config()
+    assert (cfg.lr, cfg.reference_batch, cfg.scale_lr) == (0.01, 16, True)
+    assert cfg.frozen_stages == "auto" and cfg.freeze_bn == "auto"
+
+
+def test_demo_configs_keep_their_effective_lr():
+    for path, lr in (("fcos/config_demo.py", 2e-3), ("atss/config_demo.py", 2e-3), ("retinanet/config_demo.py", 1e-3)):
+        cfg = load_config(path)
+        assert resolve(cfg, 240).values["lr"] == pytest.approx(lr), path
+
+
+# ---- a run stores what it used; a resumed run keeps it ------------------------------------------
+def test_resume_takes_the_stored_values_not_a_new_resolution(caplog):
+    cfg = scratch(epochs=24, batch_size=4, lr=0.01)
+    stored = resolve_for_run(cfg, 36, 1, None, logging.getLogger("densedet"))
+    assert cfg.lr == pytest.approx(0.0025) and cfg.warmup_iters == 54 and cfg.lr_steps == (16, 22)
+    # The same command on more data (or another batch) would resolve differently; a resumed run must not.
+    again = scratch(epochs=24, batch_size=8, lr=0.01)
+    with caplog.at_level(logging.INFO, logger="densedet"):
+        kept = resolve_for_run(again, 3600, 1, stored, logging.getLogger("densedet"))
+    assert kept is stored
+    assert (again.lr, again.warmup_iters, again.lr_steps, again.batch_size) == (cfg.lr, 54, (16, 22), 4)
+    assert "stored in the checkpoint" in caplog.text
+
+
+def test_a_run_logs_and_stores_the_resolved_values(tmp_path):
+    from helpers import demo_subset
+    from public.engine.trainer import train
+    images, annotations = demo_subset(tmp_path, 6, "train")
+    cfg = load_config("fcos/config.py", [
+        f"train_images={images}", f"train_annotations={annotations}", f"val_images={images}",
+        f"val_annotations={annotations}", f"work_dir={tmp_path / 'run'}", "backbone=resnet18", "pretrained=False",
+        "fpn_channels=32", "num_convs=1", "min_size=(64,)", "max_size=96", "test_min_size=64", "batch_size=4",
+        "epochs=2", "num_workers=0", "flops=False"])
+    train(cfg)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "resolved:" in log and "backbone trained from scratch: frozen_stages=0" in log
+    assert "lr 0.0025 for a total batch of 4 (0.01 at 16" in log
+    assert "warmup shortened to 0" in log          # 2 iterations: a quarter is 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["frozen_stages"], saved["freeze_bn"], saved["lr"], saved["scale_lr"]) == (0, False, 0.0025, False)
+    assert saved["lr_steps"] == [1, 2] and saved["warmup_iters"] == 0
+    checkpoint = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    assert checkpoint["resolved"]["values"]["lr"] == 0.0025
+    assert checkpoint["resolved"]["requested"]["frozen_stages"] == "auto"
+    assert checkpoint["config"]["lr"] == 0.0025
