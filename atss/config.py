@@ -3,12 +3,17 @@
 Copy this file (or subclass Config) to make an experiment; every field of BaseConfig can be
 overridden here or as key=value on the command line. The optimisation fields are BaseConfig's
 (SGD, lr 0.01 at a total batch of 16, linear warmup over 500 iterations, 12 epochs with the
-lr divided by 10 at epochs 8 and 11), which is the 1x schedule of the paper.
+lr divided by 10 at 8/12 and 11/12 of the run), which is the 1x schedule of the paper.
 
 Multi-scale training, as the official "ms" / 2x configs (MIN_SIZE_RANGE_TRAIN (640, 800)):
     min_size=(640,672,704,736,768,800)                       # one of these per image
 or  min_size=(640,800) multiscale_mode=range                 # any integer in [640, 800]
 and, for the DCN models, dcn_stages=(False,True,True,True) head_dcn=True.
+
+Run-dependent settings are resolved at the start of each run (public/engine/resolve.py) and
+printed: ``lr`` is the lr at a total batch of 16 and is scaled to batch_size x processes;
+warmup is at most a quarter of the run; lr steps are fractions of ``epochs``; from random
+init (pretrained=False) every layer and BatchNorm trains. An explicit value always wins.
 """
 from config import BaseConfig
 

@@ -2,6 +2,11 @@
 
 Copy this file (or subclass Config) to make an experiment; every field of BaseConfig can be
 overridden here or as key=value on the command line.
+
+Run-dependent settings are resolved at the start of each run (public/engine/resolve.py) and
+printed: ``lr`` is the lr at a total batch of 16 and is scaled to batch_size x processes;
+warmup is at most a quarter of the run; lr steps are fractions of ``epochs``; from random
+init (pretrained=False) every layer and BatchNorm trains. An explicit value always wins.
 """
 from config import BaseConfig
 

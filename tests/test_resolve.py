@@ -132,6 +132,12 @@ def test_fewer_images_than_a_batch():
     assert any("only 6 training images" in w for w in resolution.warnings)
 
 
+def test_num_workers_capped_at_the_cpus(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert resolve(scratch(num_workers=8), 100).values["num_workers"] == 2
+    assert resolve(scratch(num_workers=1), 100).values["num_workers"] == 1
+
+
 def test_eval_interval_longer_than_the_run_warns():
     assert any("eval_interval=5" in w for w in resolve(scratch(epochs=3, eval_interval=5), 100).warnings)
 

@@ -24,12 +24,14 @@ resolving again, so a resumed schedule is the interrupted one.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from public.models.backbone import backbone_freezing
 
 # The keys whose value ``resolve`` may change; stored in every checkpoint as "resolved".
-RESOLVED_KEYS = ("frozen_stages", "freeze_bn", "warmup_iters", "lr_steps", "lr", "scale_lr", "batch_size")
+RESOLVED_KEYS = ("frozen_stages", "freeze_bn", "warmup_iters", "lr_steps", "lr", "scale_lr", "batch_size",
+                 "num_workers")
 
 
 @dataclass
@@ -137,6 +139,12 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
                             f"give fractions of the run (e.g. (0.667, 0.917)) to follow epochs")
     else:
         lines.append(f"scheduler {cfg.scheduler}")
+
+    # ---- data loading ---------------------------------------------------------------------
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.num_workers > cpus:
+        values["num_workers"] = cpus
+        lines.append(f"num_workers {cpus} (the CPUs this process may use; num_workers={cfg.num_workers} asked)")
 
     # ---- evaluation -----------------------------------------------------------------------
     if cfg.eval_interval > cfg.epochs:
