@@ -44,6 +44,7 @@ class LevelRule:
     bounds: tuple = ()                   # max_side: (0, b1, ..., inf)
     anchors: np.ndarray | None = None    # anchor: [L, S, 2] (w, h) per level and shape
     poor_iou: float = 0.0                # anchor: best centred IoU below this fits poorly
+    iou_small: bool = False              # anchor: a box below poor_iou and smaller than its anchor is too small
     large_hint: str = ""
     small_hint: str = ""
 
@@ -51,10 +52,12 @@ class LevelRule:
         """wh [N, 2] resized box sizes -> (level [N] int64, too_small [N] bool, too_large [N] bool).
 
         too_small: narrower than the stride of its level, so the grid may put no location (or
-        anchor centre) inside it. too_large: only for anchors, below `poor_iou` with every anchor
-        because the box is bigger than the largest ones."""
+        anchor centre) inside it; with `iou_small`, also below `poor_iou` with every anchor
+        because the box is smaller than the smallest ones. too_large: only for anchors, below
+        `poor_iou` with every anchor because the box is bigger than the largest ones."""
         w, h = wh[:, 0], wh[:, 1]
         too_large = np.zeros(len(wh), dtype=bool)
+        small_anchor = np.zeros(len(wh), dtype=bool)
         if self.kind == "max_side":
             level = np.searchsorted(np.asarray(self.bounds[1:-1]), np.maximum(w, h) / 2, side="left")
         else:
@@ -64,9 +67,11 @@ class LevelRule:
             best = iou.argmax(axis=1)
             level = best // self.anchors.shape[1]
             best_area = (aw * ah)[best]
-            too_large = (iou.max(axis=1) < self.poor_iou) & (w * h > best_area)
+            poor = iou.max(axis=1) < self.poor_iou
+            too_large = poor & (w * h > best_area)
+            small_anchor = poor & (w * h < best_area) & self.iou_small
         level = np.asarray(level, dtype=np.int64)
-        too_small = np.minimum(w, h) < np.asarray(FPN_STRIDES)[level]
+        too_small = (np.minimum(w, h) < np.asarray(FPN_STRIDES)[level]) | small_anchor
         return level, too_small, too_large
 
 
@@ -83,8 +88,9 @@ def level_rule(cfg) -> LevelRule | None:
             f"{cfg.anchor_scales_per_octave}, aspect_ratios={tuple(cfg.aspect_ratios)}): a box goes to the level of "
             f"its best-IoU anchor; it fits poorly below fg_iou_thresh={cfg.fg_iou_thresh} with every anchor",
             [f"anchors {cfg.anchor_octave_base * s:g}-{cfg.anchor_octave_base * s * octave[-1]:.0f} px" for s in FPN_STRIDES],
-            "anchor", anchors=np.array(shapes), poor_iou=cfg.fg_iou_thresh,
-            large_hint="lower max_size, or raise anchor_octave_base", small_hint=small)
+            "anchor", anchors=np.array(shapes), poor_iou=cfg.fg_iou_thresh, iou_small=True,
+            large_hint="lower max_size, or raise anchor_octave_base",
+            small_hint=small + ", or lower anchor_octave_base")
     if hasattr(cfg, "octave_base_scale") and getattr(cfg, "positive_type", "ATSS") != "SSC":
         shapes = np.array([[(cfg.octave_base_scale * s, cfg.octave_base_scale * s)] for s in FPN_STRIDES])
         iou_rule = getattr(cfg, "positive_type", "ATSS") == "IoU"
@@ -94,8 +100,9 @@ def level_rule(cfg) -> LevelRule | None:
             + (f"; it fits poorly below fg_iou_thresh={cfg.fg_iou_thresh}" if iou_rule else
                "; its threshold adapts, so only boxes over twice the largest anchor's side fit poorly"),
             [f"anchor {cfg.octave_base_scale * s:g} px" for s in FPN_STRIDES],
-            "anchor", anchors=shapes, poor_iou=cfg.fg_iou_thresh if iou_rule else 0.25,
-            large_hint="lower max_size, or raise octave_base_scale", small_hint=small)
+            "anchor", anchors=shapes, poor_iou=cfg.fg_iou_thresh if iou_rule else 0.25, iou_small=iou_rule,
+            large_hint="lower max_size, or raise octave_base_scale",
+            small_hint=small + (", or lower octave_base_scale" if iou_rule else ""))
     if hasattr(cfg, "scale_boundaries"):              # FCOS, and ATSS's "SSC"
         bounds = (0.0, *map(float, cfg.scale_boundaries), math.inf)
         return LevelRule(
@@ -154,8 +161,10 @@ def level_lines(rule: LevelRule, splits: dict[str, tuple[np.ndarray, int]]) -> l
             f"{int((level == k).sum()):>18}" for level, _, _ in results.values()))
     for name, (level, small, large) in results.items():
         if small.any():
-            lines.append(f"  {name}: {int(small.sum())} of {len(level)} boxes are narrower than their level's stride "
-                         f"(P3: 8 px) and may get no positive location: {rule.small_hint}")
+            lines.append(f"  {name}: {int(small.sum())} of {len(level)} boxes are too small for any level (narrower "
+                         f"than their level's stride, P3: 8 px"
+                         + (", or below the IoU threshold with every anchor" if rule.iou_small else "")
+                         + f") and may get no positive: {rule.small_hint}")
         if large.any():
             lines.append(f"  {name}: {int(large.sum())} of {len(level)} boxes are larger than every anchor can match "
                          f"well: {rule.large_hint}")

@@ -302,11 +302,11 @@ def _inspect_image(path: str, decode: bool) -> tuple[str, str, tuple[int, int] |
             except (OSError, SyntaxError, ValueError) as error:
                 kind = "truncated" if not complete or "truncated" in str(error) else "unreadable"
                 return kind, str(error), None
-    if decode:
+    if decode or not complete:  # the loader's own decoder must read it too
         import cv2
 
         if cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) is None:
-            return "unreadable", "OpenCV cannot decode it", None
+            return ("unreadable" if complete else "truncated"), "OpenCV cannot decode it", None
     return "ok", "rotated" if rotated else "", (height, width)
 
 
