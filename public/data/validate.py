@@ -27,6 +27,7 @@ one; an image's missing `width`/`height` read from its file.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -333,34 +334,15 @@ def _clean_annotations(report: Validation, dataset: dict, images: list[dict], ca
 
     # Ids: keep unique integer ids; give the others new ones above the largest.
     raw_ids = [a.get("id") for a in annotations]
-    valid_id = np.array([_is_int(i) for i in raw_ids], dtype=bool)  # [A]
-    seen: set[int] = set()
-    duplicate_id = np.zeros(count, dtype=bool)
-    for k, i in enumerate(raw_ids):
-        if valid_id[k]:
-            duplicate_id[k] = i in seen
-            seen.add(i)
-    next_id = max(seen, default=0) + 1
-    ann_ids = np.zeros(count, dtype=np.int64)
-    for k, i in enumerate(raw_ids):
-        if valid_id[k] and not duplicate_id[k]:
-            ann_ids[k] = i
-        else:
-            ann_ids[k], next_id = next_id, next_id + 1
-    name = [f"annotation id {ann_ids[k]}" if valid_id[k] and not duplicate_id[k] else f"annotation #{k}"
-            for k in range(count)]
+    ann_ids, valid_id, duplicate_id = _unique_ids(raw_ids)  # [A] int64, [A] bool, [A] bool
 
-    image_index_of = {image_id: i for i, image_id in enumerate(report.image_ids)}
-    image_index = np.array([image_index_of.get(a.get("image_id"), -1) if _is_int(a.get("image_id")) else -1
-                            for a in annotations], dtype=np.int64)  # [A]
-    cat_label = {cid: k for k, cid in enumerate(report.category_ids)}
-    label = np.array([cat_label.get(a.get("category_id"), -1) if _is_int(a.get("category_id")) else -1
-                      for a in annotations], dtype=np.int64)  # [A]
+    def name(k: int) -> str:
+        return f"annotation id {ann_ids[k]}" if valid_id[k] and not duplicate_id[k] else f"annotation #{k}"
+
+    image_index = _lookup([a.get("image_id") for a in annotations], report.image_ids)  # [A], -1: not in images
+    label = _lookup([a.get("category_id") for a in annotations], report.category_ids)  # [A], -1: unknown
     crowd = np.array([bool(a.get("iscrowd", 0)) for a in annotations], dtype=bool)  # [A]
-    parsed = [_parse_box(a.get("bbox")) for a in annotations]
-    xywh = np.array([p[0] for p in parsed], dtype=np.float64).reshape(-1, 4)  # [A, 4]
-    from_strings = np.array([p[1] for p in parsed], dtype=bool)  # [A]
-    malformed = np.array([p[2] for p in parsed], dtype=bool)  # [A]
+    xywh, from_strings, malformed = _parse_boxes([a.get("bbox") for a in annotations])  # [A, 4], [A], [A]
 
     xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # [A, 4]
     finite = np.isfinite(xyxy).all(axis=1)
@@ -382,7 +364,7 @@ def _clean_annotations(report: Validation, dataset: dict, images: list[dict], ca
     train = kept & ~crowd                        # in the training targets
 
     def where(mask):
-        return [f"{name[k]} (image id {annotations[k].get('image_id')})" for k in np.flatnonzero(mask)]
+        return [f"{name(k)} (image id {annotations[k].get('image_id')})" for k in np.flatnonzero(mask)]
 
     report.add(REPAIRED, "annotations of an image id not in 'images', dropped", where(bad_image),
                "add the image or remove the annotation")
@@ -403,7 +385,7 @@ def _clean_annotations(report: Validation, dataset: dict, images: list[dict], ca
     # Ground truth: what COCOeval sees, the same boxes as training plus crowd (ignored) regions.
     clipped_xywh = np.concatenate([clipped[:, :2], clipped[:, 2:] - clipped[:, :2]], axis=1)  # [A, 4]
     box_area = clipped_xywh[:, 2] * clipped_xywh[:, 3]
-    raw_area = np.array([_number(a.get("area")) for a in annotations], dtype=np.float64).reshape(-1)  # [A]
+    raw_area = _numbers([a.get("area") for a in annotations])  # [A], NaN where absent or not a number
     no_area = ~np.isfinite(raw_area) | (raw_area < 0)
     report.add(REPAIRED, "annotations without a numeric 'area', computed from the box", where(kept & no_area))
     report.add(REPAIRED, "annotations without an integer 'id', given a new one",
@@ -415,10 +397,12 @@ def _clean_annotations(report: Validation, dataset: dict, images: list[dict], ca
     # A clipped box's area cannot exceed the clipped box (a segment area outside the image is gone).
     area = np.where(no_area, box_area, np.where(was_clipped, np.minimum(raw_area, box_area), raw_area))
     gt_annotations = []
-    for k in np.flatnonzero(kept):
-        entry = dict(annotations[k])
-        entry.update(id=int(ann_ids[k]), bbox=[float(v) for v in clipped_xywh[k]], area=float(area[k]),
-                     iscrowd=int(crowd[k]))
+    kept_index = np.flatnonzero(kept)
+    for k, ann_id, bbox, ann_area, is_crowd in zip(kept_index.tolist(), ann_ids[kept].tolist(),
+                                                   clipped_xywh[kept].tolist(), area[kept].tolist(),
+                                                   crowd[kept].tolist()):
+        entry = annotations[k]  # the parsed json is ours: update in place rather than copy
+        entry.update(id=ann_id, bbox=bbox, area=ann_area, iscrowd=int(is_crowd))
         gt_annotations.append(entry)
     gt_images = []
     for im, (h, w) in zip(images, report.sizes):
@@ -443,6 +427,61 @@ def _clean_annotations(report: Validation, dataset: dict, images: list[dict], ca
                    [f"{report.annotations_file}: {why}"], "annotate at least one object")
     if not num_images:
         report.add(FATAL, "no images: the json's 'images' list is empty", [f"{report.annotations_file}"])
+
+
+def _unique_ids(raw_ids: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Annotation ids [A] int64 with a new id (above the largest) for each missing, non-integer
+    or repeated one; also which were valid integers and which repeated an earlier one."""
+    count = len(raw_ids)
+    valid = np.array([_is_int(i) for i in raw_ids], dtype=bool) if set(map(type, raw_ids)) != {int} \
+        else np.ones(count, dtype=bool)
+    ids = np.array([i if ok else 0 for i, ok in zip(raw_ids, valid)], dtype=np.int64)  # [A]
+    duplicate = np.zeros(count, dtype=bool)
+    valid_at = np.flatnonzero(valid)
+    _, first = np.unique(ids[valid_at], return_index=True)
+    duplicate[valid_at] = True
+    duplicate[valid_at[first]] = False                 # the first of each id keeps it
+    renumber = ~valid | duplicate
+    start = int(ids[valid].max()) + 1 if valid.any() else 1
+    ids[renumber] = np.arange(start, start + int(renumber.sum()))
+    return ids, valid, duplicate
+
+
+def _lookup(values: list, keys: list[int]) -> np.ndarray:
+    """Index [A] int64 of each value in ``keys`` (sorted unique ints); -1 where absent or not an int."""
+    keys_arr = np.asarray(keys, dtype=np.int64)
+    if set(map(type, values)) <= {int}:
+        arr = np.asarray(values, dtype=np.int64).reshape(-1)
+    else:
+        ok = [_is_int(v) for v in values]
+        arr = np.array([v if good else 0 for v, good in zip(values, ok)], dtype=np.int64).reshape(-1)
+        arr[~np.asarray(ok, dtype=bool)] = np.iinfo(np.int64).min  # matches no key
+    if keys_arr.size == 0:
+        return np.full(len(arr), -1, dtype=np.int64)
+    index = np.clip(np.searchsorted(keys_arr, arr), 0, len(keys_arr) - 1)
+    return np.where(keys_arr[index] == arr, index, -1)
+
+
+def _parse_boxes(raw: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """json bboxes -> (xywh [A, 4] float64, converted from strings [A], malformed [A]); a
+    malformed box is NaNs. One numpy conversion when every box is 4 json numbers."""
+    try:
+        if set(map(type, itertools.chain.from_iterable(raw))) <= {int, float}:
+            arr = np.array(raw, dtype=np.float64)
+            if arr.shape == (len(raw), 4):
+                return arr, np.zeros(len(raw), dtype=bool), np.zeros(len(raw), dtype=bool)
+    except (TypeError, ValueError):
+        pass
+    parsed = [_parse_box(b) for b in raw]
+    xywh = np.array([p[0] for p in parsed], dtype=np.float64).reshape(-1, 4)
+    return xywh, np.array([p[1] for p in parsed], dtype=bool), np.array([p[2] for p in parsed], dtype=bool)
+
+
+def _numbers(values: list) -> np.ndarray:
+    """json values [A] -> float64 [A]; NaN where absent or not a number."""
+    if set(map(type, values)) <= {int, float}:
+        return np.asarray(values, dtype=np.float64).reshape(-1)
+    return np.array([_number(v) for v in values], dtype=np.float64).reshape(-1)
 
 
 def _parse_box(bbox) -> tuple[list[float], bool, bool]:
