@@ -292,6 +292,36 @@ def test_perfect_detector_scores_one_on_the_repaired_set(tmp_path):
     assert [c["num_gt"] for c in result.per_class] == [4, 3]   # crowd 14 not counted; 15 counted
 
 
+@pytest.mark.parametrize("index", range(1, 15))
+def test_perfect_detector_scores_one_with_each_case_alone(tmp_path, index):
+    """Each annotation of the corpus added alone to a clean set: the repairs (1-12) give one
+    warning with exactly one group, crowd and ignore (13, 14) none; a perfect detector scores 1.000."""
+    images, annotations = broken_but_repairable()
+    images[3] = image(4)   # with its size: the annotation is the only thing to repair
+    broken = dict(annotations[index])
+    if "id" in broken:
+        broken["id"] = 1 if index == 6 else broken["id"] + 100   # a duplicate only where meant
+    with CapturedLog() as log:
+        dataset = CocoDetection(*write(tmp_path, images, good_annotations() + [broken]))
+    assert len(dataset.validation.repaired) == (1 if index <= 12 else 0)
+    assert len(log.warnings) == (1 if index <= 12 else 0)
+    result = coco_evaluate(dataset.coco, perfect_detections(dataset))
+    assert result.stats[0] == pytest.approx(1.0)
+
+
+def test_size_mismatch_explained_by_exif_rotation(tmp_path):
+    from PIL import Image
+
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    Image.new("RGB", (SIDE, 20)).save(images_dir / "001.jpg", exif=exif)
+    images = [dict(image(1), width=20, height=SIDE)]   # the displayed (rotated) size
+    stops(*write(tmp_path, images, [ann(1, 1, 1, [1, 1, 5, 5])]),
+          r"image id 1 \(001\.jpg\): 32x20 in the file, 20x32 in the json \(EXIF rotation")
+
+
 def test_raw_json_ground_truth_would_score_below_one(tmp_path):
     """What evaluation did before it used the repaired ground truth: two dropped boxes still
     counted as objects to find -> a perfect detector below 1."""
