@@ -164,7 +164,7 @@ def level_lines(rule: LevelRule, splits: dict[str, tuple[np.ndarray, int]]) -> l
             lines.append(f"  {name}: {int(small.sum())} of {len(level)} boxes are too small for any level (narrower "
                          f"than their level's stride, P3: 8 px"
                          + (", or below the IoU threshold with every anchor" if rule.iou_small else "")
-                         + f") and may get no positive: {rule.small_hint}")
+                         + f") and match no level well: {rule.small_hint}")
         if large.any():
             lines.append(f"  {name}: {int(large.sum())} of {len(level)} boxes are larger than every anchor can match "
                          f"well: {rule.large_hint}")
