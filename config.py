@@ -46,6 +46,10 @@ class BaseConfig:
     aspect_ratio_grouping: bool = True  # training batches of landscape or of portrait images only (less padding)
     num_workers: int = 4              # data-loading processes per training process
     batch_size: int = 16              # per process (per GPU)
+    # Image files checked when a dataset is loaded: "header" (size, format and end marker of
+    # every file: finds unreadable, truncated and mis-sized images before the first step),
+    # "decode" (decode every image once; slower), "off" (trust the json).
+    check_images: str = "header"
 
     # ---- model --------------------------------------------------------------------------
     backbone: str = "resnet50"        # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d

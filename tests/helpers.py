@@ -84,3 +84,28 @@ def random_targets(batch_size: int, image_size: tuple[int, int], counts, num_cla
         padded[i, :n, :4] = boxes
         padded[i, :n, 4] = labels.float()
     return tv_targets, padded
+
+
+class CapturedLog:
+    """Records of the "densedet" logger (which train.log receives) while in a ``with`` block,
+    whatever handlers and propagation an earlier run left on it."""
+
+    def __enter__(self):
+        import logging
+
+        self.records: list = []
+        self.logger = logging.getLogger("densedet")
+        self.handler = logging.Handler(logging.WARNING)
+        self.handler.emit = self.records.append
+        self.logger.addHandler(self.handler)
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [r.getMessage() for r in self.records]

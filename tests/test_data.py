@@ -25,6 +25,8 @@ from public.data.demo import (
 from public.data.prefetcher import PIXEL_MEAN, PIXEL_STD, Prefetcher, normalize
 from public.data.sampler import GroupedBatchSampler
 from public.data.transforms import RandomHorizontalFlip, Resize, build_transforms
+from public.data.validate import DatasetError
+from helpers import CapturedLog
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -81,13 +83,13 @@ def test_category_mapping_round_trip(messy_dataset):
 
 
 def test_target_cleaning_and_single_warning(messy_dataset):
-    with pytest.warns(UserWarning) as record:
+    with CapturedLog() as log:
         dataset = CocoDetection(*messy_dataset)
-    assert len(record) == 1
-    message = str(record[0].message)
+    assert len(log.warnings) == 1  # one summary, on the logger that writes train.log
+    message = log.warnings[0]
     assert "instances.json" in message
-    assert "dropped 1 annotations with a degenerate box" in message and "ids [3]" in message
-    assert "clipped 1 boxes" in message and "ids [2]" in message
+    assert "annotations outside their image or under 1 px once clipped to it, dropped (1): annotation id 3 (image id 5)" in message
+    assert "annotations with a box partly outside their image, clipped to it (1): annotation id 2 (image id 5)" in message
 
     sample_b = dataset[0]  # image id 2
     assert sample_b["image_id"] == 2
@@ -109,45 +111,47 @@ def test_target_cleaning_and_single_warning(messy_dataset):
 def test_clean_dataset_gives_no_warning(tmp_path):
     images = [{"id": 1, "file_name": "a.png", "width": 20, "height": 10}]
     paths = write_dataset(tmp_path, images, [ann(1, 1, 3, [0, 0, 20, 10])], CATEGORIES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with CapturedLog() as log:
         dataset = CocoDetection(*paths)
+    assert log.warnings == []
     np.testing.assert_array_equal(dataset[0]["boxes"], [[0, 0, 20, 10]])
 
 
 def test_missing_image_file_is_named(tmp_path):
     images = [{"id": 1, "file_name": "a.png", "width": 20, "height": 10},
               {"id": 2, "file_name": "gone.png", "width": 20, "height": 10}]
-    images_dir, ann_file = write_dataset(tmp_path, images, [], CATEGORIES)
+    images_dir, ann_file = write_dataset(tmp_path, images, [ann(1, 1, 3, [0, 0, 5, 5])], CATEGORIES)
     (Path(images_dir) / "gone.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 of 2 images.*gone\.png"):
+    with pytest.raises(DatasetError, match=r"image files that do not exist \(1\): image id 2 \(gone\.png\)"):
         CocoDetection(images_dir, ann_file)
 
 
-def test_corrupt_image_raises_runtime_error_naming_path(tmp_path):
+def test_corrupt_image_is_found_at_start_or_at_load(tmp_path):
     images = [{"id": 7, "file_name": "bad.png", "width": 20, "height": 10}]
-    images_dir, ann_file = write_dataset(tmp_path, images, [], CATEGORIES)
+    images_dir, ann_file = write_dataset(tmp_path, images, [ann(1, 7, 3, [0, 0, 5, 5])], CATEGORIES)
     (Path(images_dir) / "bad.png").write_bytes(b"not a png at all")
-    dataset = CocoDetection(images_dir, ann_file)
+    with pytest.raises(DatasetError, match=r"cannot be read as images \(1\): image id 7 \(bad\.png\)"):
+        CocoDetection(images_dir, ann_file)
+    dataset = CocoDetection(images_dir, ann_file, check_images="off")  # trusting the json: found at load
     with pytest.raises(RuntimeError, match=r"bad\.png.*image id 7"):
         dataset[0]
 
 
 def test_bad_annotation_files_are_named(tmp_path):
     (tmp_path / "images").mkdir()
-    with pytest.raises(FileNotFoundError, match="nothere.json"):
+    with pytest.raises(DatasetError, match="nothere.json"):
         CocoDetection(str(tmp_path / "images"), str(tmp_path / "nothere.json"))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    with pytest.raises(ValueError, match="broken.json.*not valid json"):
+    with pytest.raises(DatasetError, match="(?s)broken.json.*not valid json"):
         CocoDetection(str(tmp_path / "images"), str(broken))
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"images": []}))
-    with pytest.raises(ValueError, match=r"partial.json.*\['annotations', 'categories'\]"):
+    with pytest.raises(DatasetError, match=r"(?s)partial.json.*\['annotations', 'categories'\]"):
         CocoDetection(str(tmp_path / "images"), str(partial))
     fine = tmp_path / "fine.json"
-    fine.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
-    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+    fine.write_text(json.dumps({"images": [], "annotations": [], "categories": CATEGORIES}))
+    with pytest.raises(DatasetError, match="no_such_dir"):
         CocoDetection(str(tmp_path / "no_such_dir"), str(fine))
 
 
@@ -172,7 +176,7 @@ def test_grayscale_image_becomes_rgb(tmp_path):
     cv2.imwrite(str(images_dir / "g.png"), np.full((6, 8), 77, np.uint8))
     ann_file = tmp_path / "g.json"
     ann_file.write_text(json.dumps({"images": [{"id": 1, "file_name": "g.png", "width": 8, "height": 6}],
-                                    "annotations": [], "categories": CATEGORIES}))
+                                    "annotations": [ann(1, 1, 3, [0, 0, 2, 2])], "categories": CATEGORIES}))
     image = CocoDetection(str(images_dir), str(ann_file))[0]["image"]
     assert image.shape == (6, 8, 3) and (image == 77).all()
 
@@ -459,10 +463,9 @@ def test_grouping_removes_padding():
 
 
 def test_dataset_orientation_from_json(messy_dataset, tmp_path):
-    with pytest.warns(UserWarning, match="degenerate"):
-        dataset = CocoDetection(*messy_dataset)
+    dataset = CocoDetection(*messy_dataset)
     assert dataset.portrait().tolist() == [False, False, False]         # ids 2, 5, 9: all landscape
     images = [{"id": 1, "file_name": "p.png", "width": 30, "height": 50},
               {"id": 2, "file_name": "l.png", "width": 50, "height": 30}]
-    dataset = CocoDetection(*write_dataset(tmp_path / "o", images, [], CATEGORIES))
+    dataset = CocoDetection(*write_dataset(tmp_path / "o", images, [ann(1, 1, 3, [0, 0, 5, 5])], CATEGORIES))
     assert dataset.portrait().tolist() == [True, False]

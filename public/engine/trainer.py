@@ -20,6 +20,7 @@ from public.data.demo import DEMO_ROOT, ensure_demo_data
 from public.data.prefetcher import Prefetcher
 from public.data.sampler import GroupedBatchSampler
 from public.data.transforms import build_transforms
+from public.data.validate import check_same_classes
 from public.engine import distributed as dist_utils
 from public.engine.checkpoint import (is_densedet, load_checkpoint, load_for_inference, load_model_weights,
                                       model_state_from_checkpoint, save_checkpoint)
@@ -44,7 +45,7 @@ def prepare_demo_data(cfg) -> None:
 def build_dataset(cfg, train: bool) -> CocoDetection:
     images, annotations = ((cfg.train_images, cfg.train_annotations) if train
                            else (cfg.val_images, cfg.val_annotations))
-    return CocoDetection(images, annotations, build_transforms(cfg, train))
+    return CocoDetection(images, annotations, build_transforms(cfg, train), cfg.check_images)
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -130,9 +131,7 @@ def train(cfg) -> float:
 
     prepare_demo_data(cfg)
     train_set, val_set = build_dataset(cfg, train=True), build_dataset(cfg, train=False)
-    if train_set.category_ids != val_set.category_ids:
-        raise ValueError(f"categories differ between {cfg.train_annotations} ({train_set.category_ids}) "
-                         f"and {cfg.val_annotations} ({val_set.category_ids})")
+    check_same_classes(train_set, val_set, cfg.train_annotations, cfg.val_annotations)
     resume = str(work_dir / "latest.pth") if cfg.resume == "auto" else cfg.resume
     checkpoint = load_checkpoint(resume) if resume and Path(resume).is_file() else None
     stored = checkpoint.get("resolved") if isinstance(checkpoint, dict) else None
