@@ -1,7 +1,6 @@
 """Settings resolved at the start of a run: freezing, warmup, lr steps and lr follow the run,
 an explicit value always wins, and a resumed run keeps the values it started with."""
 import json
-import logging
 
 import pytest
 import torch
@@ -156,17 +155,31 @@ def test_demo_configs_keep_their_effective_lr():
 
 
 # ---- a run stores what it used; a resumed run keeps it ------------------------------------------
-def test_resume_takes_the_stored_values_not_a_new_resolution(caplog):
+class ListLog:
+    """Stands in for the logger: keeps what resolve_for_run logs."""
+
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message, *args):
+        self.lines.append(("info", message % args))
+
+    def warning(self, message, *args):
+        self.lines.append(("warning", message % args))
+
+
+def test_resume_takes_the_stored_values_not_a_new_resolution():
     cfg = scratch(epochs=24, batch_size=4, lr=0.01)
-    stored = resolve_for_run(cfg, 36, 1, None, logging.getLogger("densedet"))
+    stored = resolve_for_run(cfg, 36, 1, None, ListLog())
     assert cfg.lr == pytest.approx(0.0025) and cfg.warmup_iters == 54 and cfg.lr_steps == (16, 22)
     # The same command on more data (or another batch) would resolve differently; a resumed run must not.
-    again = scratch(epochs=24, batch_size=8, lr=0.01)
-    with caplog.at_level(logging.INFO, logger="densedet"):
-        kept = resolve_for_run(again, 3600, 1, stored, logging.getLogger("densedet"))
+    again, log = scratch(epochs=24, batch_size=8, lr=0.01), ListLog()
+    kept = resolve_for_run(again, 3600, 1, stored, log)
     assert kept is stored
     assert (again.lr, again.warmup_iters, again.lr_steps, again.batch_size) == (cfg.lr, 54, (16, 22), 4)
-    assert "stored in the checkpoint" in caplog.text
+    assert "stored in the checkpoint" in log.lines[0][1]
+    assert log.lines[1] == ("warning", "resuming keeps the settings the run started with: batch_size=4 "
+                                       "(this command asks for batch_size=8)")
 
 
 def test_a_run_logs_and_stores_the_resolved_values(tmp_path):
