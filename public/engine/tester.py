@@ -55,11 +55,11 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
         val_set.transforms = None  # the predictor resizes each pass itself
         loader = build_loader(cfg, val_set, False, device, collate_fn=list)
         predictor = Predictor(model, decoder, cfg, device, amp_dtype, cfg.channels_last)
-        result = score_shards(*predict_tta(predictor, loader, val_set.label_to_cat_id), val_set)
+        result = score_shards(*predict_tta(predictor, loader, val_set.label_to_cat_id), val_set, cfg.eval_backend)
         timed = f"model + decoder over {len(passes)} passes + merging"
     else:
         loader = build_loader(cfg, val_set, False, device)
-        result = evaluate(model, decoder, loader, val_set, device, amp_dtype, cfg.channels_last)
+        result = evaluate(model, decoder, loader, val_set, device, amp_dtype, cfg.channels_last, cfg.eval_backend)
         timed = "model + decoder"
     wall = time.perf_counter() - start
     if not main:
