@@ -124,7 +124,8 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path | None = None, title
                 ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=label)
         ax.set_title(_panel_title(key))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("learning rate" if key == "lr" else "loss" if key.startswith("loss") else key[:2])
+        ax.set_ylabel("learning rate" if key == "lr" else "loss" if key.startswith("loss")
+                      else "AR" if key == "mAR" else "AP")
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
         if key == "lr":
@@ -135,7 +136,7 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path | None = None, title
         ax.set_visible(False)
     if len(runs) > 1:
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside upper center", ncols=min(len(runs), 4))
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(runs), 4))
     if title:
         fig.suptitle(title)
     if path is not None:
