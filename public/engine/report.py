@@ -84,6 +84,17 @@ def plot_pr_curves(coco_eval, class_names: list[str], category_ids: list[int], o
     with every class and their mean. Returns the paths, the all-classes figure last."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in pr_figures(coco_eval, class_names, category_ids, thresholds):
+        fig.savefig(out_dir / name, dpi=100)
+        paths.append(out_dir / name)
+    return paths
+
+
+def pr_figures(coco_eval, class_names: list[str], category_ids: list[int],
+               thresholds: list[dict] | None = None) -> list[tuple[str, Figure]]:
+    """(file name, figure) of each plot of ``plot_pr_curves``; a class's curve is
+    ``fig.axes[0].lines[0]``, the mean over classes the last line of the all-classes figure."""
     if coco_eval is None:
         return []
     recall, precision, _ = _pr_at_iou50(coco_eval)                       # [R], [R, K]
@@ -92,7 +103,7 @@ def plot_pr_curves(coco_eval, class_names: list[str], category_ids: list[int], o
     for k, cat_id in enumerate(coco_eval.params.catIds):
         if not (precision[:, k] < 0).all():  # no ground truth: no curve
             curves[label_of[cat_id]] = np.clip(precision[:, k], 0, 1)
-    paths = []
+    figures = []
     for label, curve in sorted(curves.items()):
         fig = Figure(figsize=(5, 4.5), layout="constrained")
         ax = fig.add_subplot()
@@ -103,9 +114,7 @@ def plot_pr_curves(coco_eval, class_names: list[str], category_ids: list[int], o
             ax.plot([recall[i]], [curve[i]], "o", color="tab:red", markersize=7,
                     label=f"best F {best['f_measure']:.3f} at score >= {best['threshold']:.3f}")
         _pr_axes(ax, f"{class_names[label]}: precision-recall at IoU 0.5")
-        path = out_dir / f"{label:03d}_{_safe(class_names[label])}.png"
-        fig.savefig(path, dpi=100)
-        paths.append(path)
+        figures.append((f"{label:03d}_{_safe(class_names[label])}.png", fig))
     if curves:
         fig = Figure(figsize=(7, 6), layout="constrained")
         ax = fig.add_subplot()
@@ -118,10 +127,8 @@ def plot_pr_curves(coco_eval, class_names: list[str], category_ids: list[int], o
         if len(curves) > 15:  # a legend of 80 classes hides the plot: name only the mean
             handles, labels = ax.get_legend_handles_labels()
             ax.legend(handles[-1:], labels[-1:], loc="lower left")
-        path = out_dir / "all_classes.png"
-        fig.savefig(path, dpi=100)
-        paths.append(path)
-    return paths
+        figures.append(("all_classes.png", fig))
+    return figures
 
 
 def _f_curve(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -355,7 +362,9 @@ def draw_detections(image_bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray
     thickness = thickness or line_width(height, width)
     font_scale = max(0.3, 0.33 * thickness)
     font_thickness = max(1, round(thickness * 0.6))
-    corners = np.round(np.asarray(boxes)).astype(np.int64).reshape(-1, 4)             # [D, 4]
+    corners = np.round(np.asarray(boxes, np.float64)).astype(np.int64).reshape(-1, 4)  # [D, 4]
+    # Clipped to the last pixel row/column: a box that reaches the border keeps its edge visible.
+    corners = corners.clip(0, [width - 1, height - 1, width - 1, height - 1])
     order = np.argsort(scores, kind="stable") if scores is not None else np.arange(len(corners))
     # Lowest score first, so the best boxes are drawn on top.
     for i in order:
