@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict, deque
@@ -69,7 +70,13 @@ def progress(iterable, total: int | None = None, desc: str = "", enabled: bool |
         enabled = progress_bars_enabled() and is_main_process()
     if not enabled:
         return iterable
-    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=leave, file=sys.stderr)
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        size = os.terminal_size((0, 0))
+    # A terminal that reports no size (`script`, some multiplexers) would get no bar at all.
+    shape = {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 120, "nrows": 40}
+    return tqdm(iterable, total=total, desc=desc, leave=leave, file=sys.stderr, **shape)
 
 
 class SmoothedValue:
