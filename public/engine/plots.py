@@ -20,12 +20,11 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
+# Figures are built without pyplot: matplotlib renders them with Agg, needs no display and
+# leaves the user's backend alone.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, no display needed
-from matplotlib.figure import Figure  # noqa: E402
-
-from public.engine.evaluator import STAT_NAMES  # noqa: E402
+from public.engine.evaluator import STAT_NAMES
 
 logger = logging.getLogger("densedet")
 

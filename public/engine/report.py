@@ -7,11 +7,10 @@ import colorsys
 from pathlib import Path
 
 import cv2
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")  # files only, no display needed
-from matplotlib.figure import Figure  # noqa: E402
+# Figures are built without pyplot: matplotlib renders them with Agg, needs no display and
+# leaves the user's backend alone.
+from matplotlib.figure import Figure
 
 
 # ---- thresholds ------------------------------------------------------------------------------
