@@ -1,5 +1,6 @@
 """COCO evaluation: run the model over a loader, map detections back to the original images
-and COCO category ids, gather the shards of all processes and score with pycocotools."""
+and COCO category ids, gather the shards of all processes and score with pycocotools' COCOeval
+(or faster-coco-eval's, ``eval_backend="faster_coco_eval"``: the same numbers, faster)."""
 from __future__ import annotations
 
 import contextlib
