@@ -130,7 +130,7 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path | None = None, title
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         if key in PLOTTED_STATS:
-            ax.set_ylim(0, 1)
+            ax.set_ylim(-0.02, 1.02)  # a curve at 0 or 1 stays visible
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     if len(runs) > 1:
