@@ -123,6 +123,8 @@ class BaseConfig:
     seed: int = 42                    # random seed (each process adds its rank)
     device: str = "auto"              # "auto" (cuda if available), "cuda", "cpu"
     flops: bool = True                # count FLOPs and parameters at start
+    tensorboard: bool = False         # write TensorBoard scalars to work_dir/tensorboard (needs tensorboard)
+    eval_backend: str = "pycocotools"  # COCO evaluation: "pycocotools" or "faster_coco_eval" (same stats, faster)
 
     # ------------------------------------------------------------------------------------
     def __init__(self, **overrides: Any) -> None:

@@ -29,7 +29,7 @@ def short_run(tmp_path_factory):
     common = [f"train_images={train_images}", f"train_annotations={train_json}", f"val_images={val_images}",
               f"val_annotations={val_json}", f"work_dir={work_dir}", "batch_size=4", "num_workers=0",
               "min_size=(128,)", "test_min_size=128", "flops=False", "warmup_iters=2", "log_interval=1"]
-    out = run(["--config", "fcos/config_demo.py", *common, "epochs=2", "eval_interval=1"])
+    out = run(["--config", "fcos/config_demo.py", *common, "epochs=2", "eval_interval=1", "tensorboard=True"])
     return work_dir, common, out
 
 
@@ -61,6 +61,28 @@ def test_evaluate_reproduces_best_map(short_run):
     assert f"mAP {best:.4f}" in out and "per-class AP" in out
 
 
+def test_run_writes_results_and_tensorboard_from_its_metrics(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from public.engine.plots import read_results_csv
+    work_dir, _, _ = short_run
+    records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_results_csv(work_dir / "results.csv")
+    assert [r["epoch"] for r in rows] == [1, 2] and 0 < rows[0]["time"] < rows[1]["time"]
+    for row, record in zip(rows, records):
+        assert row == {k: record[k] for k in row}                     # every column, exactly
+    assert set(rows[0]) == {"epoch", "time", "loss", "loss_cls", "loss_box", "loss_centerness", "lr",
+                            "mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "mAR", "ARs", "ARm", "ARl"}
+    assert (work_dir / "results.png").stat().st_size > 10_000
+    events = EventAccumulator(str(work_dir / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss_cls")]
+    assert steps == list(range(1, 7))                                  # 3 iterations per epoch, logged each
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("val/mAP")] == [
+        (r["epoch"], round(r["mAP"], 6)) for r in records]
+    assert len([t for t in events.Tags()["scalars"] if t.startswith("val_AP_per_class/")]) == 5
+
+
 def test_resume_continues_at_next_epoch(short_run):
     work_dir, common, _ = short_run
     out = run(["--config", "fcos/config_demo.py", *common, "epochs=3", "resume=auto"])
@@ -68,6 +90,8 @@ def test_resume_continues_at_next_epoch(short_run):
     assert "epoch 1/3" not in out and "epoch 3/3" in out
     records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
+    from public.engine.plots import read_results_csv
+    assert [r["epoch"] for r in read_results_csv(work_dir / "results.csv")] == [1, 2, 3]
     assert torch.load(work_dir / "latest.pth", weights_only=True)["epoch"] == 3
 
 

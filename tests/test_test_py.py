@@ -299,5 +299,7 @@ def test_cli_evaluation_report(checkpoint, tmp_path):
     saved = torch.load(ckpt, weights_only=True)["score_thresholds"]
     assert saved == [t["threshold"] for t in thresholds.values()]
     with_gt = {a["category_id"] for a in json.loads(Path(annotations).read_text())["annotations"]}
-    pngs = sorted((work_dir / "pr_curves").glob("*.png"))
-    assert len(pngs) == len(with_gt) and cv2.imread(str(pngs[0])).shape == (400, 480, 3)
+    pngs = sorted((work_dir / "pr_curves").glob("[0-9]*.png"))
+    assert len(pngs) == len(with_gt) and cv2.imread(str(pngs[0])).shape == (450, 500, 3)
+    for name in ("pr_curves/all_classes.png", "confusion_matrix.png", "val_samples.png"):
+        assert cv2.imread(str(work_dir / name)) is not None, name

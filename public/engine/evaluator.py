@@ -1,12 +1,13 @@
 """COCO evaluation: run the model over a loader, map detections back to the original images
-and COCO category ids, gather the shards of all processes and score with pycocotools."""
+and COCO category ids, gather the shards of all processes and score with pycocotools' COCOeval
+(or faster-coco-eval's, ``eval_backend="faster_coco_eval"``: the same numbers, faster)."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ from pycocotools.cocoeval import COCOeval
 
 from public.data.prefetcher import Prefetcher
 from public.engine.distributed import all_gather_objects, broadcast_object, is_main_process
+from public.engine.logger import periodic_extra, progress
 
 logger = logging.getLogger("densedet")
 
@@ -65,7 +67,8 @@ def predict(model, decoder, loader, device, amp_dtype: torch.dtype | None = None
     model.eval()
     results, compute_time, num_images = [], 0.0, 0
     total = len(loader)
-    for i, batch in enumerate(Prefetcher(loader, device, channels_last)):
+    bar = progress(Prefetcher(loader, device, channels_last), total, "evaluating", leave=False)
+    for i, batch in enumerate(bar):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -78,13 +81,52 @@ def predict(model, decoder, loader, device, amp_dtype: torch.dtype | None = None
         num_images += len(batch.image_ids)
         results.extend(detections_to_coco(detections, batch, label_to_cat_id))
         if (i + 1) % log_interval == 0:
-            logger.info("evaluating [%d/%d]", i + 1, total)
+            logger.info("evaluating [%d/%d]", i + 1, total, extra=periodic_extra(bar))
     model.train(was_training)
     return results, compute_time / max(num_images, 1)
 
 
-def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> EvalResult:
-    """Score COCO result dicts against ``coco_gt`` (a pycocotools COCO) with COCOeval."""
+EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def check_eval_backend(backend: str) -> None:
+    """A clear error before any work for an unknown or not installed ``eval_backend``."""
+    if backend not in EVAL_BACKENDS:
+        raise ValueError(f"eval_backend must be one of {EVAL_BACKENDS}, got {backend!r}")
+    if backend == "faster_coco_eval":
+        _faster_coco_eval()
+
+
+def _faster_coco_eval():
+    try:
+        import faster_coco_eval
+    except ImportError as error:
+        raise ImportError(f"eval_backend='faster_coco_eval' needs the faster-coco-eval package ({error}): "
+                          f"`pip install faster-coco-eval`, or set eval_backend=pycocotools") from None
+    return faster_coco_eval
+
+
+def make_coco_eval(coco_gt, results: list[dict], backend: str = "pycocotools"):
+    """A bbox COCOeval of ``results`` against ``coco_gt`` (a pycocotools COCO), not yet run.
+
+    "faster_coco_eval": its C++ COCOeval_faster on the same ground truth (a faster_coco_eval
+    COCO built from ``coco_gt.dataset``); same interface and ``eval`` arrays, same 12 stats.
+    """
+    # loadRes adds keys to each result dict (id, area, segmentation): give it copies, not the caller's
+    # dicts (one level deep is enough, and ~10x cheaper than copy.deepcopy on 100k results).
+    results = [{**r, "bbox": list(r["bbox"])} for r in results]
+    if backend == "pycocotools":
+        return COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
+    if backend == "faster_coco_eval":
+        faster_coco_eval = _faster_coco_eval()
+        fast_gt = faster_coco_eval.COCO(coco_gt.dataset)
+        return faster_coco_eval.COCOeval_faster(fast_gt, fast_gt.loadRes(results), "bbox")
+    raise ValueError(f"eval_backend must be one of {EVAL_BACKENDS}, got {backend!r}")
+
+
+def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = None,
+                  backend: str = "pycocotools") -> EvalResult:
+    """Score COCO result dicts against ``coco_gt`` (a pycocotools COCO) with ``backend``'s COCOeval."""
     image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(image_ids)
     if not results:
         logger.warning("no detections: every AP and AR is 0")
@@ -93,13 +135,13 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
              "num_gt": len(coco_gt.getAnnIds(catIds=[c["id"]], iscrowd=False))}
             for c in coco_gt.loadCats(sorted(coco_gt.getCatIds()))])
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-        coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
+        coco_eval = make_coco_eval(coco_gt, results, backend)
         coco_eval.params.imgIds = image_ids
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
     precision = coco_eval.eval["precision"]                    # [T=10 IoUs, R=101 recalls, K classes, A=4 areas, M=3 maxDets]
+    num_gt = Counter(a["category_id"] for i in image_ids for a in coco_gt.imgToAnns.get(i, []) if not a.get("iscrowd", 0))
     per_class = []
     for k, cat_id in enumerate(coco_eval.params.catIds):
         def ap(p):
@@ -109,27 +151,28 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
             "name": coco_gt.cats[cat_id].get("name", str(cat_id)), "category_id": cat_id,
             "AP": ap(precision[:, :, k, 0, -1]), "AP50": ap(precision[0, :, k, 0, -1]),
             "AP75": ap(precision[5, :, k, 0, -1]),
-            "num_gt": len(coco_gt.getAnnIds(imgIds=image_ids, catIds=[cat_id], iscrowd=False)),
+            "num_gt": num_gt[cat_id],
         })
     return EvalResult(stats=[float(s) for s in coco_eval.stats], per_class=per_class,
                       num_detections=len(results), coco_eval=coco_eval)
 
 
-def evaluate(model, decoder, loader, dataset, device, amp_dtype=None, channels_last=False) -> EvalResult:
+def evaluate(model, decoder, loader, dataset, device, amp_dtype=None, channels_last=False,
+             backend: str = "pycocotools") -> EvalResult:
     """Predict this process's shard, gather all shards on the main process, score there, and
     return the same metrics on every process (per-class details on the main one only)."""
     results, seconds = predict(model, decoder, loader, device, amp_dtype, channels_last, dataset.label_to_cat_id)
-    return score_shards(results, seconds, dataset)
+    return score_shards(results, seconds, dataset, backend)
 
 
-def score_shards(results: list[dict], seconds_per_image: float, dataset) -> EvalResult:
+def score_shards(results: list[dict], seconds_per_image: float, dataset, backend: str = "pycocotools") -> EvalResult:
     """This process's COCO result dicts and timing -> gathered and scored on the main process;
     the 12 stats on every process (everything else on the main one only)."""
     shards = all_gather_objects((results, seconds_per_image))
     result = None
     if is_main_process():
         merged = [r for shard, _ in shards for r in shard]
-        result = coco_evaluate(dataset.coco, merged, dataset.image_ids)
+        result = coco_evaluate(dataset.coco, merged, dataset.image_ids, backend)
         result.seconds_per_image = float(np.mean([s for _, s in shards]))
         result.results = merged
     stats = broadcast_object(result.stats if result is not None else None)

@@ -18,6 +18,7 @@ from public.data.collate import Batch, collate
 from public.data.prefetcher import normalize
 from public.data.transforms import Compose, RandomHorizontalFlip, Resize, build_transforms
 from public.engine.evaluator import detections_to_coco
+from public.engine.logger import periodic_extra, progress
 from public.ops.voting import MERGE_METHODS, merge_detections
 
 logger = logging.getLogger("densedet")
@@ -155,14 +156,15 @@ def predict_tta(predictor: Predictor, loader, label_to_cat_id: list[int], log_in
     was_training = predictor.model.training
     predictor.model.eval()
     results = []
-    for i, samples in enumerate(loader):
+    bar = progress(loader, len(loader), "evaluating with TTA", leave=False)
+    for i, samples in enumerate(bar):
         detections = predictor(samples, tta=True)
         # Boxes are already in original pixels: a scale of 1 leaves them as they are.
         ids = SimpleNamespace(image_ids=torch.tensor([s["image_id"] for s in samples]),
                               scales=torch.ones(len(samples), 2))
         results.extend(detections_to_coco(detections, ids, label_to_cat_id))
         if (i + 1) % log_interval == 0:
-            logger.info("evaluating with TTA [%d/%d]", i + 1, len(loader))
+            logger.info("evaluating with TTA [%d/%d]", i + 1, len(loader), extra=periodic_extra(bar))
     predictor.model.train(was_training)
     return results, predictor.seconds_per_image
 

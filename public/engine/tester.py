@@ -16,8 +16,8 @@ from public.engine.checkpoint import is_densedet, load_checkpoint, load_for_infe
 from public.engine.evaluator import EvalResult, evaluate, format_per_class, format_stats, score_shards
 from public.engine.inference import Predictor, filter_by_thresholds, predict_tta, tta_passes
 from public.engine.logger import setup_logging
-from public.engine.report import (draw_detections, f_measure_thresholds, format_thresholds, plot_pr_curves,
-                                  thresholds_json)
+from public.engine.report import (draw_detections, f_measure_thresholds, format_thresholds, thresholds_json,
+                                  write_figures)
 from public.engine.trainer import amp_dtype_of, build_dataset, build_loader, prepare_demo_data
 
 logger = logging.getLogger("densedet")
@@ -55,11 +55,11 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
         val_set.transforms = None  # the predictor resizes each pass itself
         loader = build_loader(cfg, val_set, False, device, collate_fn=list)
         predictor = Predictor(model, decoder, cfg, device, amp_dtype, cfg.channels_last)
-        result = score_shards(*predict_tta(predictor, loader, val_set.label_to_cat_id), val_set)
+        result = score_shards(*predict_tta(predictor, loader, val_set.label_to_cat_id), val_set, cfg.eval_backend)
         timed = f"model + decoder over {len(passes)} passes + merging"
     else:
         loader = build_loader(cfg, val_set, False, device)
-        result = evaluate(model, decoder, loader, val_set, device, amp_dtype, cfg.channels_last)
+        result = evaluate(model, decoder, loader, val_set, device, amp_dtype, cfg.channels_last, cfg.eval_backend)
         timed = "model + decoder"
     wall = time.perf_counter() - start
     if not main:
@@ -79,10 +79,10 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
 
     (work_dir / "thresholds.json").write_text(json.dumps(thresholds_json(thresholds), indent=2) + "\n")
     (work_dir / "detections.json").write_text(json.dumps(result.results or []))
-    curves = plot_pr_curves(result.coco_eval, val_set.class_names, val_set.category_ids, work_dir / "pr_curves",
-                            thresholds)
-    logger.info("wrote %s, %s and %d precision-recall plots in %s", work_dir / "thresholds.json",
-                work_dir / "detections.json", len(curves), work_dir / "pr_curves")
+    figures = write_figures(result, val_set, thresholds, work_dir, DEFAULT_SCORE_THRESH)
+    logger.info("wrote %s, %s, %d precision-recall plots in %s, %s and %s", work_dir / "thresholds.json",
+                work_dir / "detections.json", len(figures["pr_curves"]), work_dir / "pr_curves",
+                figures["confusion_matrix"], figures["samples"])
     if save_thresholds:
         checkpoint = load_checkpoint(path)
         checkpoint["score_thresholds"] = [t["threshold"] for t in thresholds]

@@ -24,9 +24,10 @@ from public.data.validate import check_same_classes
 from public.engine import distributed as dist_utils
 from public.engine.checkpoint import (is_densedet, load_checkpoint, load_for_inference, load_model_weights,
                                       model_state_from_checkpoint, save_checkpoint)
-from public.engine.evaluator import EvalResult, evaluate, format_per_class, format_stats
+from public.engine.evaluator import EvalResult, check_eval_backend, evaluate, format_per_class, format_stats
 from public.engine.logger import MetricLogger, append_jsonl, setup_logging
 from public.engine.optim import LRScheduler, build_optimizer
+from public.engine.plots import RunRecorder
 from public.engine.resolve import resolve_for_run
 
 logger = logging.getLogger("densedet")
@@ -129,6 +130,7 @@ def train(cfg) -> float:
     random.seed(cfg.seed + dist_utils.get_rank())
     np.random.seed(cfg.seed + dist_utils.get_rank())
 
+    check_eval_backend(cfg.eval_backend)
     prepare_demo_data(cfg)
     train_set, val_set = build_dataset(cfg, train=True), build_dataset(cfg, train=False)
     check_same_classes(train_set, val_set, cfg.train_annotations, cfg.val_annotations)
@@ -183,20 +185,24 @@ def train(cfg) -> float:
     meta = {"format": "densedet", "config": cfg.to_dict(), "resolved": resolved,
             "classes": {"names": train_set.class_names, "category_ids": train_set.category_ids}}
 
+    recorder = RunRecorder(work_dir, start_epoch, len(train_loader), cfg.tensorboard, main)
     for epoch in range(start_epoch, cfg.epochs):
         for sampler in (train_loader.sampler, train_loader.batch_sampler):
             if hasattr(sampler, "set_epoch"):   # DistributedSampler, GroupedBatchSampler
                 sampler.set_epoch(epoch)
         losses = train_one_epoch(ddp_model, loss_fn, optimizer, scheduler, scaler, train_loader, device,
-                                 epoch, cfg, amp_dtype)
+                                 epoch, cfg, amp_dtype, recorder.iteration_logger(epoch))
         is_last = epoch + 1 == cfg.epochs
         result = None
         if (epoch + 1) % cfg.eval_interval == 0 or is_last:
-            result = evaluate(model, decoder, val_loader, val_set, device, amp_dtype, cfg.channels_last)
+            result = evaluate(model, decoder, val_loader, val_set, device, amp_dtype, cfg.channels_last,
+                              cfg.eval_backend)
             scheduler.step_metric(result.stats[0])
             if main:
                 log_evaluation(result, epoch + 1)
-                append_jsonl(work_dir / "metrics.jsonl", {"epoch": epoch + 1, **result.metrics, **losses})
+                append_jsonl(work_dir / "metrics.jsonl", {"epoch": epoch + 1, **result.metrics, **losses,
+                                                          "lr": scheduler.get_lr(), "time": recorder.elapsed()})
+                recorder.evaluated(epoch + 1, result)  # TensorBoard, results.csv, results.png
         if main:
             state = {**meta, "model": model.state_dict(), "epoch": epoch + 1}
             if result is not None and result.stats[0] > best_map:
@@ -207,14 +213,16 @@ def train(cfg) -> float:
                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
                             work_dir / "latest.pth")
         best_map = dist_utils.broadcast_object(best_map)
+    recorder.close()
     logger.info("done: best mAP %.4f, checkpoints in %s", best_map, work_dir)
     return best_map
 
 
-def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, device, epoch, cfg, amp_dtype) -> dict:
-    """One pass over ``loader``; returns the mean of each loss over the epoch."""
+def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, device, epoch, cfg, amp_dtype,
+                    on_log=None) -> dict:
+    """One pass over ``loader``; returns the mean of each loss over the epoch. ``on_log``: see MetricLogger."""
     model.train()
-    metric_logger = MetricLogger(cfg.log_interval, device)
+    metric_logger = MetricLogger(cfg.log_interval, device, on_log)
     header = f"epoch {epoch + 1}/{cfg.epochs}"
     for batch in metric_logger.log_every(Prefetcher(loader, device, cfg.channels_last), header):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -262,7 +270,8 @@ def evaluate_checkpoint(cfg, path: str) -> EvalResult:
         model.to(memory_format=torch.channels_last)
     loader = build_loader(cfg, val_set, False, device)
     start = time.perf_counter()
-    result = evaluate(model, cfg.build_decoder(), loader, val_set, device, amp_dtype_of(cfg), cfg.channels_last)
+    result = evaluate(model, cfg.build_decoder(), loader, val_set, device, amp_dtype_of(cfg), cfg.channels_last,
+                      cfg.eval_backend)
     if dist_utils.is_main_process():
         logger.info("evaluated %s on %s (%d images) in %.1fs, %.1f ms/image (model+decoder)", path,
                     cfg.val_annotations, len(val_set), time.perf_counter() - start, 1000 * result.seconds_per_image)
