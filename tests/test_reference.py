@@ -7,6 +7,7 @@ candidates overlap above and below the NMS threshold, and every decoder test fir
 that its input tells the default apart from NMS at +-0.1, no NMS and class-agnostic NMS.
 """
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,28 @@ from atss.config import Config as ATSSConfig
 from fcos.config import Config as FCOSConfig
 from retinanet.config import Config as RetinaNetConfig
 from test_atss import reference_atss_image
+
+# The official settings, written here from the papers / official configs rather than read from
+# the config files, so that a changed default fails a test as surely as changed code does.
+OFFICIAL = {
+    "fcos": dict(center_sampling_radius=1.5, scale_boundaries=(64, 128, 256, 512), focal_alpha=0.25,
+                 focal_gamma=2.0, box_loss="giou", box_loss_weighting="centerness", norm_reg_targets=True,
+                 score_thresh=0.05, score_thresh_on="cls", topk_candidates=1000, nms_thresh=0.6,
+                 detections_per_img=100),
+    "retinanet": dict(fg_iou_thresh=0.5, bg_iou_thresh=0.4, allow_low_quality_matches=True, focal_alpha=0.25,
+                      focal_gamma=2.0, box_loss="smooth_l1", smooth_l1_beta=0.11,
+                      box_coder_weights=(1.0, 1.0, 1.0, 1.0), loss_normalizer="batch", score_thresh=0.05,
+                      topk_candidates=1000, nms_thresh=0.5, detections_per_img=100),
+    "atss": dict(topk=9, regression_type="BOX", octave_base_scale=8.0, focal_alpha=0.25, focal_gamma=2.0,
+                 box_loss_weight=2.0, score_thresh=0.05, topk_candidates=1000, nms_thresh=0.6,
+                 detections_per_img=100),
+}
+
+
+def official(kind, **changes):
+    """The official settings of ``kind`` with ``changes``, as attributes."""
+    return SimpleNamespace(**{**OFFICIAL[kind], **changes})
+
 
 IMAGE = (128, 160)        # h, w of the padded batch
 SMALL = dict(backbone="resnet18", pretrained=False, fpn_channels=32, num_convs=1)  # only the geometry is used
@@ -135,7 +158,7 @@ def test_fcos_loss_against_reference(case):
     # spans it, so every IoU is positive.
     reg = 0.3 + torch.rand(3, N, 4, generator=generator) * 4
     outputs["box_reg"] = reg if cfg.norm_reg_targets else reg * outputs["strides"][None, :, None]
-    expected, num_pos = reference_fcos_loss(outputs, targets, cfg)
+    expected, num_pos = reference_fcos_loss(outputs, targets, official("fcos", **FCOS_CASES[case]))
     got = cfg.build_loss()(outputs, targets)
     assert num_pos > 25
     for key, value in expected.items():
@@ -242,7 +265,8 @@ def test_retinanet_loss_against_reference(box_loss, normalizer):
     outputs["cls_logits"] = torch.randn(3, N, NUM_CLASSES, generator=generator) * 1.5 - 2
     # deltas of the size of the targets' (|d| below and above beta = 0.11 alike)
     outputs["box_reg"] = torch.randn(3, N, 4, generator=generator) * 0.2
-    expected, num_pos = reference_retinanet_loss(outputs, targets, cfg)
+    expected, num_pos = reference_retinanet_loss(outputs, targets, official("retinanet", box_loss=box_loss,
+                                                                            loss_normalizer=normalizer))
     got = cfg.build_loss()(outputs, targets)
     assert num_pos > 20
     for key, value in expected.items():
@@ -295,7 +319,7 @@ def test_atss_loss_against_reference(regression_type):
     outputs["centerness"] = torch.randn(3, N, generator=generator)
     outputs["box_reg"] = (torch.randn(3, N, 4, generator=generator) * 0.5 if regression_type == "BOX"
                           else 0.5 + torch.rand(3, N, 4, generator=generator) * 4)
-    expected, num_pos = reference_atss_loss(outputs, targets, cfg)
+    expected, num_pos = reference_atss_loss(outputs, targets, official("atss", regression_type=regression_type))
     got = cfg.build_loss()(outputs, targets)
     assert num_pos > 30
     for key, value in expected.items():
@@ -419,28 +443,28 @@ DECODER_CASES = [
 @pytest.mark.parametrize("kind,config,changes", DECODER_CASES,
                          ids=[f"{k}-{'-'.join(f'{a}={b}' for a, b in c.items()) or 'defaults'}" for k, _, c in DECODER_CASES])
 def test_decoder_against_reference(kind, config, changes):
-    cfg = config(**SMALL, **changes)
+    cfg, settings = config(**SMALL, **changes), official(kind, **changes)
     generator = torch.Generator().manual_seed(5)
     outputs, boxes = clustered_outputs(cfg, kind, generator)
     if kind == "atss" and cfg.regression_type == "POINT":
         anchors = outputs["anchors"]
         centres = (anchors[:, :2] + anchors[:, 2:]) / 2
-        unit = ((anchors[:, 2:] - anchors[:, :2]) / cfg.octave_base_scale).repeat(1, 2)
+        unit = ((anchors[:, 2:] - anchors[:, :2]) / settings.octave_base_scale).repeat(1, 2)
         outputs["box_reg"] = torch.cat([centres - boxes[..., :2], boxes[..., 2:] - centres], -1).clamp(min=0) / unit
     else:
-        outputs["box_reg"] = encode_for(kind, cfg, outputs, boxes)
+        outputs["box_reg"] = encode_for(kind, settings, outputs, boxes)
     image_sizes = [IMAGE, (112, 150)]                 # the second image is padded in the batch
-    expected = reference_decode(kind, cfg, outputs, image_sizes)
+    expected = reference_decode(kind, settings, outputs, image_sizes)
     got = cfg.build_decoder()(outputs, torch.tensor(image_sizes))
     # the input decides every rule the decoder is made of
-    assert sum(len(e[0]) for e in expected) >= min(30, cfg.detections_per_img)
-    for change in ({"nms_thresh": cfg.nms_thresh - 0.1}, {"nms_thresh": cfg.nms_thresh + 0.1},
+    assert sum(len(e[0]) for e in expected) >= min(30, settings.detections_per_img)
+    for change in ({"nms_thresh": settings.nms_thresh - 0.1}, {"nms_thresh": settings.nms_thresh + 0.1},
                    {"nms_thresh": 1.0}, {"class_agnostic": True}):
-        assert reference_decode(kind, cfg, outputs, image_sizes, **change) != expected, change
-    if cfg.detections_per_img < 100:  # the per-level top-k and the per-image cap both bind
-        assert any(len(e[0]) == cfg.detections_per_img for e in expected)
-        assert reference_decode(kind, cfg, outputs, image_sizes, topk_candidates=1000) != expected
-    if kind == "fcos" and cfg.detections_per_img >= 100:  # low scores are not cut by the cap
-        other = "combined" if cfg.score_thresh_on == "cls" else "cls"
-        assert reference_decode(kind, cfg, outputs, image_sizes, score_thresh_on=other) != expected
+        assert reference_decode(kind, settings, outputs, image_sizes, **change) != expected, change
+    if settings.detections_per_img < 100:  # the per-level top-k and the per-image cap both bind
+        assert any(len(e[0]) == settings.detections_per_img for e in expected)
+        assert reference_decode(kind, settings, outputs, image_sizes, topk_candidates=1000) != expected
+    if kind == "fcos" and settings.detections_per_img >= 100:  # low scores are not cut by the cap
+        other = "combined" if settings.score_thresh_on == "cls" else "cls"
+        assert reference_decode(kind, settings, outputs, image_sizes, score_thresh_on=other) != expected
     assert_same_detections(got, expected)
