@@ -168,8 +168,10 @@ class BaseConfig:
     def build_decoder(self):
         raise NotImplementedError(f"{type(self).__name__} does not define build_decoder")
 
-    def convert_state_dict(self, state_dict: dict, category_ids: list[int]) -> tuple[dict, dict] | None:
+    def convert_state_dict(self, state_dict: dict, category_ids: list[int],
+                           class_names: list[str] | None = None) -> tuple[dict, dict] | None:
         """Recognise a foreign (torchvision) state dict and convert it; None if not recognised.
+        ``class_names`` (of ``category_ids``) let a COCO model's class rows be matched by name.
 
         Returns (our state dict, config overrides that reproduce the foreign model's behaviour).
         """

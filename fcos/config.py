@@ -39,6 +39,6 @@ class Config(BaseConfig):
         from fcos.decoder import FCOSDecoder
         return FCOSDecoder(self)
 
-    def convert_state_dict(self, state_dict, category_ids):
+    def convert_state_dict(self, state_dict, category_ids, class_names=None):
         from fcos.convert import from_torchvision
-        return from_torchvision(state_dict, category_ids)
+        return from_torchvision(state_dict, category_ids, class_names)

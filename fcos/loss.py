@@ -12,6 +12,7 @@ from public.engine.distributed import all_reduce_mean
 from public.ops.assign import fcos_assign, fcos_assign_sparse, level_size_bounds
 from public.ops.boxes import centerness_target, decode_distances, encode_distances
 from public.ops.losses import box_iou_loss, focal_loss_per_location
+from public.ops.settings import check_focal, check_scale_boundaries, require
 
 __all__ = ["FCOSLoss", "fcos_assign", "level_size_bounds"]  # the assignment lives in public/ops/assign.py
 
@@ -37,6 +38,10 @@ class FCOSLoss(nn.Module):
         self.box_loss_weighting = cfg.box_loss_weighting
         self.focal_alpha = cfg.focal_alpha
         self.focal_gamma = cfg.focal_gamma
+        check_focal(cfg)
+        check_scale_boundaries(cfg)
+        require(cfg.center_sampling_radius >= 0, "center_sampling_radius", cfg.center_sampling_radius,
+                "must be >= 0 (0 disables center sampling)")
         if self.box_loss_weighting not in ("none", "centerness"):
             raise ValueError(f"box_loss_weighting must be 'none' or 'centerness', got {self.box_loss_weighting!r}")
 
