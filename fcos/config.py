@@ -20,7 +20,8 @@ class Config(BaseConfig):
     # Losses.
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    box_loss: str = "giou"              # "giou" or "iou" (-log IoU)
+    box_loss: str = "giou"              # "giou", "iou" (-log IoU); "giou_official", "iou_official": the official
+                                        # code's (inter + 1) / (union + 1) on distances in strides
     box_loss_weighting: str = "centerness"  # "centerness" (official) or "none" (torchvision)
     # Decoding.
     score_thresh = 0.05

@@ -103,6 +103,32 @@ def reference_fcos_assign(points, strides, level_of, bounds, boxes, radius):
     return out
 
 
+def official_iou_loss(pred, target, kind):
+    """fcos_core's IOULoss for one pair of (l, t, r, b) from the same point, in regression units."""
+    pred_area = (pred[0] + pred[2]) * (pred[1] + pred[3])
+    target_area = (target[0] + target[2]) * (target[1] + target[3])
+    inter = (min(pred[0], target[0]) + min(pred[2], target[2])) * (min(pred[1], target[1]) + min(pred[3], target[3]))
+    enclosing = (max(pred[0], target[0]) + max(pred[2], target[2])) * (max(pred[1], target[1]) + max(pred[3], target[3]))
+    union = pred_area + target_area - inter
+    iou = (inter + 1) / (union + 1)
+    return -math.log(iou) if kind == "iou_official" else 1 - (iou - (enclosing - union) / enclosing)
+
+
+def test_official_iou_loss_by_hand():
+    """pred (1, 1, 1, 1), target (2, 1, 1, 1) strides: areas 4 and 6, intersection 2 x 2 = 4,
+    union 6, IoU (4 + 1) / (6 + 1) = 5/7; the enclosing box 3 x 2 = 6 equals the union, so
+    GIoU = IoU. Plain IoU would be 4/6."""
+    from public.ops.losses import official_fcos_iou_loss
+    pred, target = torch.tensor([[1.0, 1.0, 1.0, 1.0]]), torch.tensor([[2.0, 1.0, 1.0, 1.0]])
+    torch.testing.assert_close(official_fcos_iou_loss(pred, target, "iou"), torch.tensor([-math.log(5 / 7)]))
+    torch.testing.assert_close(official_fcos_iou_loss(pred, target, "giou"), torch.tensor([2 / 7]))
+    # disjoint sides: pred (0.5, 0.5, 3, 0.5), target (2, 1, 1, 1): inter 1.5 x 1 = 1.5, union 3.5 + 6 - 1.5 = 8,
+    # enclosing 5 x 2 = 10: GIoU = 2.5 / 9 - 2 / 10
+    pred = torch.tensor([[0.5, 0.5, 3.0, 0.5]])
+    torch.testing.assert_close(official_fcos_iou_loss(pred, target, "giou"), torch.tensor([1 - (2.5 / 9 - 0.2)]))
+    torch.testing.assert_close(official_fcos_iou_loss(pred, target, "iou"), torch.tensor([-math.log(2.5 / 9)]))
+
+
 def reference_fcos_loss(outputs, targets, cfg):
     """The FCOS loss of the official code (imprv) / torchvision, by cases of ``cfg``."""
     points = outputs["points"].tolist()
@@ -123,7 +149,12 @@ def reference_fcos_loss(outputs, targets, cfg):
             (x, y), unit = points[n], (strides[n] if cfg.norm_reg_targets else 1.0)
             l, t, r, b = (v * unit for v in outputs["box_reg"][i, n].tolist())
             pred = [x - l, y - t, x + r, y + b]
-            loss = 1 - ref.giou_xyxy(pred, gt) if cfg.box_loss == "giou" else -math.log(ref.iou_xyxy(pred, gt))
+            if cfg.box_loss.endswith("_official"):
+                loss = official_iou_loss([l / unit, t / unit, r / unit, b / unit],
+                                         [(x - gt[0]) / unit, (y - gt[1]) / unit, (gt[2] - x) / unit, (gt[3] - y) / unit],
+                                         cfg.box_loss)
+            else:
+                loss = 1 - ref.giou_xyxy(pred, gt) if cfg.box_loss == "giou" else -math.log(ref.iou_xyxy(pred, gt))
             weight = ref.centerness(points[n], gt)
             box_terms.append((loss, weight))
             ctr_sum += ref.bce_with_logits(outputs["centerness"][i, n].item(), weight)
@@ -138,6 +169,9 @@ def reference_fcos_loss(outputs, targets, cfg):
 FCOS_CASES = {
     "defaults": {},
     "iou": {"box_loss": "iou"},
+    "giou_official": {"box_loss": "giou_official"},
+    "iou_official": {"box_loss": "iou_official"},
+    "iou_official_pixels": {"box_loss": "iou_official", "norm_reg_targets": False},
     "unweighted": {"box_loss_weighting": "none"},
     "pixels": {"norm_reg_targets": False},                       # exp() head, distances in pixels
     "no_center_sampling": {"center_sampling_radius": 0.0},
