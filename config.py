@@ -61,7 +61,7 @@ class BaseConfig:
     num_convs: int = 4                # convs in each head tower
     head_norm: str = "GN"             # "GN" or "none"
     prior_prob: float = 0.01          # initial foreground probability of the classifier
-    init_from: str = ""               # fine-tune from a checkpoint (ours or torchvision's); class layer re-initialised if the class count differs
+    init_from: str = ""               # fine-tune from a checkpoint (ours or torchvision's); classes matched by name, the class layer re-initialised where they differ
 
     # ---- decoding -----------------------------------------------------------------------
     score_thresh: float = 0.05        # candidates below this score are dropped before NMS
