@@ -14,11 +14,11 @@ from public.ops.boxes import centerness_target, decode_distances, encode_distanc
 from public.ops.losses import box_iou_loss, focal_loss_per_location, official_fcos_iou_loss
 from public.ops.settings import check_focal, check_scale_boundaries, require
 
-__all__ = ["FCOSLoss", "fcos_assign", "level_size_bounds"]
+__all__ = ["FCOSLoss", "fcos_assign", "level_size_bounds"]  # the assignment lives in public/ops/assign.py
 
 # "giou" / "iou": (G)IoU of the decoded boxes (torchvision); "*_official": the official code's
 # (inter + 1) / (union + 1) on the distances in regression units.
-BOX_LOSSES = ("giou", "iou", "giou_official", "iou_official")  # the assignment lives in public/ops/assign.py
+BOX_LOSSES = ("giou", "iou", "giou_official", "iou_official")
 
 
 class FCOSLoss(nn.Module):
