@@ -68,7 +68,7 @@ class BaseConfig:
     num_convs: int = 4                # convs in each head tower
     head_norm: str = "GN"             # "GN" or "none"
     prior_prob: float = 0.01          # initial foreground probability of the classifier
-    init_from: str = ""               # fine-tune from a checkpoint (ours or torchvision's); class layer re-initialised if the class count differs
+    init_from: str = ""               # fine-tune from a checkpoint (ours or torchvision's); classes matched by name, the class layer re-initialised where they differ
 
     # ---- decoding -----------------------------------------------------------------------
     score_thresh: float = 0.05        # candidates below this score are dropped before NMS
@@ -183,8 +183,10 @@ class BaseConfig:
     def build_decoder(self):
         raise NotImplementedError(f"{type(self).__name__} does not define build_decoder")
 
-    def convert_state_dict(self, state_dict: dict, category_ids: list[int]) -> tuple[dict, dict] | None:
+    def convert_state_dict(self, state_dict: dict, category_ids: list[int],
+                           class_names: list[str] | None = None) -> tuple[dict, dict] | None:
         """Recognise a foreign (torchvision) state dict and convert it; None if not recognised.
+        ``class_names`` (of ``category_ids``) let a COCO model's class rows be matched by name.
 
         Returns (our state dict, config overrides that reproduce the foreign model's behaviour).
         """

@@ -7,6 +7,7 @@ from torch import nn
 from atss.loss import decode_boxes
 from public.ops.boxes import clip_boxes
 from public.ops.postprocess import nms_per_image, topk_per_level
+from public.ops.settings import check_decoding
 
 
 class ATSSDecoder(nn.Module):
@@ -22,6 +23,7 @@ class ATSSDecoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        check_decoding(cfg)
         self.score_thresh = cfg.score_thresh
         self.topk = cfg.topk_candidates
         self.nms_thresh = cfg.nms_thresh

@@ -22,6 +22,7 @@ from public.ops.box_coder import decode_deltas
 from public.ops.boxes import box_area, centerness_target, decode_distances, encode_distances
 from public.ops.losses import box_iou_loss, focal_loss_per_location
 from public.ops.matcher import IGNORE, assign_by_iou
+from public.ops.settings import check_focal, check_iou_thresholds, check_scale_boundaries, require
 
 # BOX regression: deltas scaled by (wx, wy, ww, wh) = (10, 10, 5, 5), the official ATSS box
 # coder's weights (those of Faster R-CNN's second stage), so the head's outputs are O(1).
@@ -280,6 +281,12 @@ class ATSSLoss(nn.Module):
         self.box_loss_weight = cfg.box_loss_weight
         if self.regression_type not in ("BOX", "POINT"):
             raise ValueError(f"regression_type must be 'BOX' or 'POINT', got {self.regression_type!r}")
+        check_focal(cfg)
+        require(cfg.topk >= 1, "topk", cfg.topk, "must be >= 1")
+        if cfg.positive_type == "IoU":
+            check_iou_thresholds(cfg)
+        if cfg.positive_type == "SSC":
+            check_scale_boundaries(cfg)
         # positive_type -> function(outputs, targets) -> matched_gt [B, N]
         assigners = {
             "ATSS": lambda out, t: atss_assign(out["anchors"], out["num_per_level"], t, cfg.topk),

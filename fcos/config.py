@@ -25,7 +25,8 @@ class Config(BaseConfig):
     # Losses.
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    box_loss: str = "giou"              # "giou" or "iou" (-log IoU)
+    box_loss: str = "giou"              # "giou", "iou" (-log IoU); "giou_official", "iou_official": the official
+                                        # code's (inter + 1) / (union + 1) on distances in strides
     box_loss_weighting: str = "centerness"  # "centerness" (official) or "none" (torchvision)
     # Decoding.
     score_thresh = 0.05
@@ -44,6 +45,6 @@ class Config(BaseConfig):
         from fcos.decoder import FCOSDecoder
         return FCOSDecoder(self)
 
-    def convert_state_dict(self, state_dict, category_ids):
+    def convert_state_dict(self, state_dict, category_ids, class_names=None):
         from fcos.convert import from_torchvision
-        return from_torchvision(state_dict, category_ids)
+        return from_torchvision(state_dict, category_ids, class_names)

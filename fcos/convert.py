@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from public.models.torchvision_compat import backbone_of, class_rows
+
 logger = logging.getLogger("densedet")
 
 # Config values under which densedet's FCOS computes what torchvision's does.
@@ -31,15 +33,17 @@ def is_torchvision_fcos(state_dict: dict) -> bool:
     return "head.regression_head.bbox_ctrness.weight" in state_dict and "backbone.body.conv1.weight" in state_dict
 
 
-def from_torchvision(state_dict: dict, category_ids: list[int]):
+def from_torchvision(state_dict: dict, category_ids: list[int], class_names: list[str] | None = None):
     """Convert if ``state_dict`` is torchvision's FCOS; None otherwise.
 
-    torchvision's classifier has one output per COCO category id (91 for COCO, index = id);
-    densedet's has one per category of the dataset, label i <-> ``category_ids[i]``, so the
-    rows are picked by id. If some id has no row (another dataset), the class layer is left
-    out and the caller re-initialises it (fine-tuning) or reports it (evaluation).
+    torchvision's classifier has one output per category id (91 for COCO, index = id);
+    densedet's has one per category of the dataset, label i <-> ``category_ids[i]``. The rows
+    are picked by ``public.models.torchvision_compat.class_rows`` (COCO: by class name). For
+    another class set the class layer is left out and the caller re-initialises it
+    (fine-tuning) or refuses (evaluation). The backbone (ResNet-18 ... ResNeXt-101) is read
+    from the weights.
 
-    Returns (state dict, TORCHVISION_SETTINGS).
+    Returns (state dict, TORCHVISION_SETTINGS with the backbone found).
     """
     if not is_torchvision_fcos(state_dict):
         return None
@@ -50,15 +54,12 @@ def from_torchvision(state_dict: dict, category_ids: list[int]):
                 key = new + key[len(old):]
                 break
         out[key] = value
-    num_outputs = out["head.cls_logits.weight"].shape[0]
-    if max(category_ids) < num_outputs:
-        rows = torch.as_tensor(category_ids)
+    rows = class_rows(out["head.cls_logits.weight"].shape[0], category_ids, class_names, "torchvision FCOS")
+    if rows is not None:
         out["head.cls_logits.weight"] = out["head.cls_logits.weight"][rows]
         out["head.cls_logits.bias"] = out["head.cls_logits.bias"][rows]
     else:
-        logger.warning("torchvision FCOS has %d class outputs; category ids up to %d have no row: "
-                       "its class layer is not used", num_outputs, max(category_ids))
         del out["head.cls_logits.weight"], out["head.cls_logits.bias"]
     for level in range(5):  # torchvision's FCOS has no per-level Scale: the identity
         out[f"head.scales.{level}.scale"] = torch.tensor(1.0)
-    return out, dict(TORCHVISION_SETTINGS)
+    return out, {**TORCHVISION_SETTINGS, "backbone": backbone_of(state_dict)}

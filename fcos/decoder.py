@@ -6,6 +6,7 @@ from torch import nn
 
 from public.ops.boxes import clip_boxes, decode_distances
 from public.ops.postprocess import nms_per_image, topk_per_level
+from public.ops.settings import check_decoding
 
 
 class FCOSDecoder(nn.Module):
@@ -20,6 +21,7 @@ class FCOSDecoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        check_decoding(cfg)
         self.score_thresh = cfg.score_thresh
         self.score_thresh_on = cfg.score_thresh_on
         self.topk = cfg.topk_candidates

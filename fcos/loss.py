@@ -11,16 +11,22 @@ from torch import nn
 from public.engine.distributed import all_reduce_mean
 from public.ops.assign import fcos_assign, fcos_assign_sparse, level_size_bounds
 from public.ops.boxes import centerness_target, decode_distances, encode_distances
-from public.ops.losses import box_iou_loss, focal_loss_per_location
+from public.ops.losses import box_iou_loss, focal_loss_per_location, official_fcos_iou_loss
+from public.ops.settings import check_focal, check_scale_boundaries, require
 
 __all__ = ["FCOSLoss", "fcos_assign", "level_size_bounds"]  # the assignment lives in public/ops/assign.py
+
+# "giou" / "iou": (G)IoU of the decoded boxes (torchvision); "*_official": the official code's
+# (inter + 1) / (union + 1) on the distances in regression units.
+BOX_LOSSES = ("giou", "iou", "giou_official", "iou_official")
 
 
 class FCOSLoss(nn.Module):
     """Raw FCOS outputs + targets [B, M, 5] -> {"loss_cls", "loss_box", "loss_centerness"}.
 
     - classification: sigmoid focal loss (alpha 0.25, gamma 2) summed, / positives;
-    - box: GIoU (or -log IoU) of decoded boxes at positives, either unweighted / positives
+    - box: GIoU (or -log IoU) of decoded boxes at positives (``box_loss``; "*_official": the
+      official code's smoothed IoU on the distances), either unweighted / positives
       (``box_loss_weighting="none"``, torchvision) or weighted by the centerness targets and
       / their sum (``"centerness"``, the FCOS imprv code);
     - centerness: BCE with logits against the centerness target at positives, / positives.
@@ -37,6 +43,12 @@ class FCOSLoss(nn.Module):
         self.box_loss_weighting = cfg.box_loss_weighting
         self.focal_alpha = cfg.focal_alpha
         self.focal_gamma = cfg.focal_gamma
+        check_focal(cfg)
+        check_scale_boundaries(cfg)
+        require(cfg.center_sampling_radius >= 0, "center_sampling_radius", cfg.center_sampling_radius,
+                "must be >= 0 (0 disables center sampling)")
+        if self.box_loss_type not in BOX_LOSSES:
+            raise ValueError(f"config key 'box_loss' = {self.box_loss_type!r}: must be one of {', '.join(BOX_LOSSES)}")
         if self.box_loss_weighting not in ("none", "centerness"):
             raise ValueError(f"box_loss_weighting must be 'none' or 'centerness', got {self.box_loss_weighting!r}")
 
@@ -64,7 +76,12 @@ class FCOSLoss(nn.Module):
         scale = strides[loc_idx, None] if self.norm_reg_targets else 1.0
         pred_boxes = decode_distances(pos_points, box_reg[batch_idx, loc_idx] * scale)  # [P, 4]
         ctr_target = centerness_target(encode_distances(pos_points, gt[:, :4]))        # [P]
-        box_losses = box_iou_loss(pred_boxes, gt[:, :4], self.box_loss_type)           # [P]
+        if self.box_loss_type.endswith("_official"):   # on distances, in strides with norm_reg_targets
+            target = encode_distances(pos_points, gt[:, :4]) / scale                  # [P, 4]
+            box_losses = official_fcos_iou_loss(box_reg[batch_idx, loc_idx], target,
+                                                self.box_loss_type[:-len("_official")])  # [P]
+        else:
+            box_losses = box_iou_loss(pred_boxes, gt[:, :4], self.box_loss_type)       # [P]
         if self.box_loss_weighting == "centerness":
             ctr_sum = all_reduce_mean(ctr_target.sum()).clamp(min=1e-6)
             loss_box = (box_losses * ctr_target).sum() / ctr_sum

@@ -55,6 +55,6 @@ class Config(BaseConfig):
         from retinanet.decoder import RetinaNetDecoder
         return RetinaNetDecoder(self)
 
-    def convert_state_dict(self, state_dict, category_ids):
+    def convert_state_dict(self, state_dict, category_ids, class_names=None):
         from retinanet.convert import from_torchvision
-        return from_torchvision(state_dict, category_ids)
+        return from_torchvision(state_dict, category_ids, class_names)

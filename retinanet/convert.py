@@ -7,6 +7,8 @@ import re
 
 import torch
 
+from public.models.torchvision_compat import backbone_of, class_rows
+
 logger = logging.getLogger("densedet")
 
 # Config values under which densedet's RetinaNet computes what torchvision's v1 does.
@@ -52,7 +54,7 @@ def _tower_key(rest: str, has_norm: bool) -> str | None:
     return None
 
 
-def from_torchvision(state_dict: dict, category_ids: list[int]):
+def from_torchvision(state_dict: dict, category_ids: list[int], class_names: list[str] | None = None):
     """Convert if ``state_dict`` is torchvision's RetinaNet (v1 or v2); None otherwise.
 
     - towers: torchvision's ``conv.{i}.0`` (conv) / ``conv.{i}.1`` (GN) blocks, and the flat
@@ -62,8 +64,9 @@ def from_torchvision(state_dict: dict, category_ids: list[int]):
     - v1 vs v2 is read from the weights: GroupNorm parameters in the towers, and P6's input
       channels (2048 = C5, 256 = P5).
     - classes: torchvision's classifier has A x 91 rows, anchor-major (row a * 91 + id); rows
-      are picked per anchor by category id as fcos/convert.py does. If some id has no row,
-      the class layer is left out and the caller re-initialises or reports it.
+      are picked per anchor as fcos/convert.py does (COCO: by class name). For another class
+      set the class layer is left out and the caller re-initialises it or refuses.
+    - the backbone (ResNet-18 ... ResNeXt-101) is read from the weights.
     - the published v1 COCO weights run with FrozenBatchNorm eps 0 in torchvision
       (``overwrite_eps(model, 0.0)``); for files in the pre-0.13 layout the running variances
       are lowered by our eps (1e-5) so that our frozen BN computes the same.
@@ -107,17 +110,16 @@ def from_torchvision(state_dict: dict, category_ids: list[int]):
 
     weight, bias = out["head.cls_logits.weight"], out["head.cls_logits.bias"]
     num_outputs = weight.shape[0] // num_anchors
-    if max(category_ids) < num_outputs:
-        rows = torch.as_tensor(category_ids)
+    rows = class_rows(num_outputs, category_ids, class_names, "torchvision RetinaNet")
+    if rows is not None:
         out["head.cls_logits.weight"] = weight.unflatten(0, (num_anchors, num_outputs))[:, rows].flatten(0, 1)
         out["head.cls_logits.bias"] = bias.view(num_anchors, num_outputs)[:, rows].flatten()
     else:
-        logger.warning("torchvision RetinaNet has %d class outputs; category ids up to %d have no row: "
-                       "its class layer is not used", num_outputs, max(category_ids))
         del out["head.cls_logits.weight"], out["head.cls_logits.bias"]
 
     p6_in = out["backbone.fpn.extra_blocks.p6.weight"].shape[1]
     fpn_channels = out["backbone.fpn.extra_blocks.p6.weight"].shape[0]
     settings = dict(TORCHVISION_V2_SETTINGS if has_norm else TORCHVISION_SETTINGS)
     settings["p6_from"] = "p5" if p6_in == fpn_channels else "c5"
+    settings["backbone"] = backbone_of(state_dict)
     return out, settings

@@ -7,6 +7,7 @@ from torch import nn
 from public.ops.box_coder import decode_deltas
 from public.ops.boxes import clip_boxes
 from public.ops.postprocess import nms_per_image, topk_per_level
+from public.ops.settings import check_decoding
 
 
 class RetinaNetDecoder(nn.Module):
@@ -20,6 +21,7 @@ class RetinaNetDecoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        check_decoding(cfg)
         self.score_thresh = cfg.score_thresh
         self.topk = cfg.topk_candidates
         self.nms_thresh = cfg.nms_thresh

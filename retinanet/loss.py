@@ -13,6 +13,7 @@ from public.engine.distributed import all_reduce_mean
 from public.ops.box_coder import decode_deltas, encode_deltas
 from public.ops.losses import box_iou_loss, focal_loss_per_location
 from public.ops.matcher import IGNORE, assign_by_iou
+from public.ops.settings import check_focal, check_iou_thresholds, require
 
 BOX_LOSSES = ("smooth_l1", "l1", "giou")
 NORMALIZERS = ("batch", "per_image")
@@ -46,6 +47,9 @@ class RetinaNetLoss(nn.Module):
         self.smooth_l1_beta = cfg.smooth_l1_beta
         self.box_coder_weights = tuple(float(w) for w in cfg.box_coder_weights)
         self.normalizer = cfg.loss_normalizer
+        check_focal(cfg)
+        check_iou_thresholds(cfg)
+        require(cfg.smooth_l1_beta >= 0, "smooth_l1_beta", cfg.smooth_l1_beta, "must be >= 0 (0 is L1)")
         if self.box_loss_type not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss_type!r}")
         if self.normalizer not in NORMALIZERS:

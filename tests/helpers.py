@@ -109,3 +109,14 @@ class CapturedLog:
     @property
     def warnings(self) -> list[str]:
         return [r.getMessage() for r in self.records]
+
+
+def with_coco_names(annotations: str, out_dir: Path) -> str:
+    """A copy of a demo json whose 5 categories carry COCO class names (person, bicycle, car,
+    motorcycle, airplane: COCO ids 1-5, not the demo's ids), for scoring a COCO model on it."""
+    data = json.loads(Path(annotations).read_text())
+    for category, name in zip(data["categories"], ("person", "bicycle", "car", "motorcycle", "airplane")):
+        category["name"] = name
+    out = Path(out_dir) / f"coco_named_{Path(annotations).name}"
+    out.write_text(json.dumps(data))
+    return str(out)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from config import load_config
-from helpers import demo_subset
+from helpers import demo_subset, with_coco_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,8 @@ def test_evaluate_accepts_a_torchvision_state_dict(short_run, tmp_path):
     _, common, _ = short_run
     path = tmp_path / "fcos_resnet50_fpn_coco.pth"
     torch.save(fcos_resnet50_fpn(weights=None, weights_backbone=None).state_dict(), path)
-    out = run(["--config", "fcos/config.py", *[c for c in common if not c.startswith("work_dir")],
-               "pretrained=False", "--evaluate", str(path)])
+    val_json = with_coco_names(next(c for c in common if c.startswith("val_annotations="))[16:], tmp_path)
+    out = run(["--config", "fcos/config.py", *[c for c in common if not c.startswith(("work_dir", "val_annotations"))],
+               f"val_annotations={val_json}", "--evaluate", str(path)])
     assert "converted foreign checkpoint" in out and "'location_offset': 0.0" in out
     assert "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]" in out and "per-class AP" in out

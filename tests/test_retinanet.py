@@ -14,7 +14,7 @@ from public.ops import matcher as matcher_module
 from public.ops.anchors import grid_anchors, retinanet_anchor_sizes
 from public.ops.box_coder import decode_deltas, encode_deltas
 from public.ops.matcher import max_iou_assign, max_iou_assign_sparse
-from helpers import demo_subset, load_converted, overfit, perturb_for_oracle, random_targets
+from helpers import demo_subset, load_converted, overfit, perturb_for_oracle, random_targets, with_coco_names
 from retinanet.config import Config
 from retinanet.config_demo import Config as DemoConfig
 from retinanet.convert import TORCHVISION_SETTINGS, TORCHVISION_V2_SETTINGS, from_torchvision
@@ -427,7 +427,8 @@ def test_cli_trains_and_evaluates_a_torchvision_file(tmp_path):
 
     path = tmp_path / "retinanet_resnet50_fpn_v2_coco.pth"
     torch.save(retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None).state_dict(), path)
-    out = run(["--config", "retinanet/config.py", *common, f"work_dir={tmp_path / 'tv'}", "pretrained=False",
-               "--evaluate", str(path)])
+    coco_named = [f"val_annotations={with_coco_names(val_json, tmp_path)}" if c.startswith("val_annotations=") else c
+                  for c in common]
+    out = run(["--config", "retinanet/config.py", *coco_named, f"work_dir={tmp_path / 'tv'}", "--evaluate", str(path)])
     assert "converted foreign checkpoint" in out and "'head_norm': 'GN'" in out and "'box_loss': 'giou'" in out
     assert "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]" in out and "per-class AP" in out

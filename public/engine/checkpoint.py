@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from public.engine.weights import without_imagenet
+
 logger = logging.getLogger("densedet")
 
 
@@ -55,7 +57,8 @@ def is_densedet(checkpoint: dict) -> bool:
     return isinstance(checkpoint, dict) and checkpoint.get("format") == "densedet"
 
 
-def model_state_from_checkpoint(checkpoint: dict, cfg, category_ids: list[int], path: str = "") -> tuple[dict, dict]:
+def model_state_from_checkpoint(checkpoint: dict, cfg, category_ids: list[int], path: str = "",
+                                class_names: list[str] | None = None) -> tuple[dict, dict]:
     """The model state dict in ``checkpoint`` and the config overrides it implies.
 
     Ours: (state, {}). A foreign state dict the config recognises: (converted state, the
@@ -64,7 +67,7 @@ def model_state_from_checkpoint(checkpoint: dict, cfg, category_ids: list[int], 
     if is_densedet(checkpoint):
         return checkpoint["model"], {}
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    converted = cfg.convert_state_dict(state, category_ids) if isinstance(state, dict) else None
+    converted = cfg.convert_state_dict(state, category_ids, class_names) if isinstance(state, dict) else None
     if converted is None:
         raise ValueError(f"{path or 'checkpoint'} is neither a densedet checkpoint nor a state dict that "
                          f"{type(cfg).__module__} can convert (e.g. torchvision's)")
@@ -134,11 +137,15 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
     elif category_ids is None:
         raise ValueError(f"{path} is not a densedet checkpoint, so it names no classes: point the config's "
                          f"val_annotations at a json whose categories it was trained on")
-    state, overrides = model_state_from_checkpoint(checkpoint, cfg, list(category_ids), path)
+    state, overrides = model_state_from_checkpoint(checkpoint, cfg, list(category_ids), path, class_names)
     if overrides:
+        if "head.cls_logits.weight" not in state:
+            raise ValueError(f"{path}'s classes are not the categories of {cfg.val_annotations} "
+                             f"({', '.join(map(str, (class_names or category_ids)[:8]))}): it cannot score them; "
+                             f"fine-tune it on them with init_from={path}")
         logger.info("%s is a converted foreign checkpoint; using its settings: %s", path, overrides)
         cfg.update(overrides)
-    model = cfg.build_model(len(category_ids))
+    model = without_imagenet(cfg).build_model(len(category_ids))  # the checkpoint holds every weight
     load_model_weights(model, state, path)
     model.eval()
     names = list(class_names) if class_names is not None else [str(i) for i in category_ids]

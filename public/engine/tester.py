@@ -172,7 +172,8 @@ def detect_images(cfg, path: str, pattern: str, out_dir: str, score_thresh: floa
     out.mkdir(parents=True, exist_ok=True)
     records, start = [], time.perf_counter()
     for file in files:
-        image = cv2.imread(str(file), cv2.IMREAD_COLOR)                  # [H, W, 3] BGR, or None
+        # stored pixel order, EXIF orientation ignored: the rule of training and evaluation (COCO's)
+        image = cv2.imread(str(file), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # [H, W, 3] BGR, or None
         if image is None:
             logger.warning("cannot read image %s: skipped", file)
             continue

@@ -29,6 +29,8 @@ from public.engine.logger import MetricLogger, append_jsonl, setup_logging
 from public.engine.optim import LRScheduler, build_optimizer
 from public.engine.plots import RunRecorder
 from public.engine.resolve import resolve_for_run
+from public.engine.weights import (check_only_class_layer_differs, full_checkpoint_follows, match_classes_by_name,
+                                   without_imagenet)
 
 logger = logging.getLogger("densedet")
 
@@ -112,10 +114,14 @@ def count_flops(model, cfg, device) -> tuple[float, int]:
     return counter.get_total_flops() / 1e9, sum(p.numel() for p in model.parameters())
 
 
-def init_weights_from(model, cfg, path: str, category_ids: list[int]) -> None:
-    """``init_from``: our checkpoint or a torchvision state dict; the class layer is
-    re-initialised when the class count differs."""
-    state, _ = model_state_from_checkpoint(load_checkpoint(path), cfg, category_ids, path)
+def init_weights_from(model, cfg, path: str, category_ids: list[int], class_names: list[str] | None = None) -> None:
+    """``init_from``: our checkpoint or a torchvision state dict; classes matched by name,
+    the class layer re-initialised where they differ (only it may)."""
+    checkpoint = load_checkpoint(path)
+    state, _ = model_state_from_checkpoint(checkpoint, cfg, category_ids, path, class_names)
+    if is_densedet(checkpoint) and class_names is not None:
+        state = match_classes_by_name(state, checkpoint["classes"], category_ids, class_names, model, path)
+    check_only_class_layer_differs(model, state, path)
     load_model_weights(model, state, path, reinit_mismatched=True)
 
 
@@ -143,9 +149,10 @@ def train(cfg) -> float:
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.train_annotations}: {len(train_set)} images is fewer than one batch of {cfg.batch_size}")
 
-    model = cfg.build_model(train_set.num_classes)
+    # a full checkpoint to load (resume, init_from) makes ImageNet weights pointless: none fetched
+    model = (without_imagenet(cfg) if full_checkpoint_follows(cfg) else cfg).build_model(train_set.num_classes)
     if cfg.init_from:
-        init_weights_from(model, cfg, cfg.init_from, train_set.category_ids)
+        init_weights_from(model, cfg, cfg.init_from, train_set.category_ids, train_set.class_names)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-__all__ = ["sigmoid_focal_loss", "box_iou_loss", "focal_loss_per_location"]
+__all__ = ["sigmoid_focal_loss", "box_iou_loss", "focal_loss_per_location", "official_fcos_iou_loss"]
 
 
 def box_iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou", eps: float = 1e-7) -> torch.Tensor:
@@ -25,6 +25,28 @@ def box_iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou", e
         iou = inter / (area_pred + area_target - inter + eps)
         return -torch.log(iou.clamp(min=eps))
     raise ValueError(f"box loss must be 'giou' or 'iou', got {kind!r}")
+
+
+def official_fcos_iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou") -> torch.Tensor:
+    """The official FCOS code's IoU loss (fcos_core IOULoss) on distances from the same point.
+
+    pred, target: [K, 4] (l, t, r, b) >= 0 in regression units (strides with
+    ``norm_reg_targets``, pixels otherwise). IoU = (inter + 1) / (union + 1): the +1, in those
+    units, softens the loss of small boxes; GIoU = IoU - (enclosing - union) / enclosing.
+    kind "iou": -log(IoU); "giou": 1 - GIoU. Returns [K].
+    """
+    target_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
+    pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
+    low, high = torch.minimum(pred, target), torch.maximum(pred, target)   # [K, 4] each
+    inter = (low[:, 0] + low[:, 2]) * (low[:, 1] + low[:, 3])
+    enclosing = (high[:, 0] + high[:, 2]) * (high[:, 1] + high[:, 3]) + 1e-7
+    union = target_area + pred_area - inter
+    iou = (inter + 1.0) / (union + 1.0)
+    if kind == "iou":
+        return -torch.log(iou)
+    if kind == "giou":
+        return 1 - (iou - (enclosing - union) / enclosing)
+    raise ValueError(f"official FCOS IoU loss kind must be 'giou' or 'iou', got {kind!r}")
 
 
 def focal_loss_per_location(logits: torch.Tensor, batch_idx: torch.Tensor, loc_idx: torch.Tensor,
