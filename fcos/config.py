@@ -18,6 +18,7 @@ class Config(BaseConfig):
     # Head.
     norm_reg_targets: bool = True       # regress l,t,r,b in strides with relu (imprv); False: exp() in pixels
     centerness_on_reg: bool = True      # centerness branch on the regression tower (imprv)
+    reg_bias_init: float = 1.0          # initial l,t,r,b in strides with norm_reg_targets (keeps the relu alive from scratch); official/torchvision: 0.0
     location_offset: float = 0.5        # locations at (x + 0.5) * stride (official); torchvision: 0.0
     # Assignment.
     center_sampling_radius: float = 1.5 # in strides; 0 disables center sampling

@@ -94,3 +94,27 @@ def test_sparse_assignment_equals_dense(offset, counts):
     assert torch.equal(sparse, dense)
     if sum(counts):
         assert (dense >= 0).sum() > 0
+
+
+@pytest.mark.parametrize("bias, alive", [(1.0, True), (0.0, False)])
+def test_relu_regression_starts_alive_from_scratch(bias, alive):
+    """From random init, every distance of the relu regression starts above 0 (so the GIoU loss
+    has a gradient) with the default reg_bias_init; with the official 0 most boxes start with
+    a side at exactly 0, which gives a GIoU loss of 1 and no gradient."""
+    from fcos.config import Config
+    torch.manual_seed(0)
+    cfg = Config(backbone="resnet18", pretrained=False, fpn_channels=64, num_convs=2, reg_bias_init=bias)
+    model = cfg.build_model(3).train()
+    images = torch.randn(2, 3, 128, 128)
+    targets = torch.tensor([[[10, 20, 60, 70, 0], [70, 30, 120, 100, 1]],
+                            [[30, 30, 90, 110, 2], [-1, -1, -1, -1, -1]]], dtype=torch.float)
+    outputs = model(images)
+    all_sides = (outputs["box_reg"] > 0).all(dim=-1).float().mean().item()     # fraction of live boxes
+    loss_box = FCOSLoss(cfg)(outputs, targets)["loss_box"]
+    if alive:
+        assert all_sides > 0.99
+        assert loss_box.item() < 0.95
+        loss_box.backward()
+        assert model.head.bbox_pred.weight.grad.abs().sum() > 0
+    else:
+        assert all_sides < 0.5
