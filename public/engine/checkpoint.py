@@ -3,8 +3,11 @@
 A densedet checkpoint is a dict::
 
     {"format": "densedet", "model": state_dict, "config": resolved config dict,
+     "model_type": "fcos.config",                        # the module of the config class that builds it
      "classes": {"names": [...], "category_ids": [...]}, "epoch": int, "best_map": float,
-     "optimizer": ..., "scheduler": ..., "scaler": ...,   # the last three only in latest.pth
+     "optimizer": ..., "scheduler": ..., "scaler": ...,   # these four only in latest.pth:
+     "rng": [random states of each process],             #   see public/engine/runstate.py
+     "eval_pending": bool, "epoch_losses": {...},        #   written before the epoch's evaluation
      "score_thresholds": [float | None per label]}         # only after test.py --save-thresholds
 
 A bare state dict (or ``{"model": state_dict}``, torchvision's reference scripts) of a model
@@ -12,6 +15,7 @@ the config can convert (torchvision's FCOS or RetinaNet) is accepted wherever a 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -20,6 +24,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from public.engine.identity import check_checkpoint
+from public.engine.runstate import pause_point
 
 logger = logging.getLogger("densedet")
 
@@ -35,6 +42,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        pause_point(f"save:{path.name}:{state.get('epoch')}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -45,6 +53,11 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
+        raise ValueError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}); pass a .pth file "
+                         f"written by train.py or torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -126,9 +139,7 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
     thresholds = None
     if is_densedet(checkpoint):
         trained_ids = [int(i) for i in checkpoint["classes"]["category_ids"]]
-        if category_ids is not None and trained_ids != list(category_ids):
-            raise ValueError(f"{path} was trained on category ids {trained_ids} but the config's data "
-                             f"({cfg.val_annotations}) has {list(category_ids)}")
+        check_checkpoint(checkpoint, cfg, path, class_names, category_ids, what="evaluate")
         category_ids, class_names = trained_ids, list(checkpoint["classes"]["names"])
         thresholds = checkpoint.get("score_thresholds")
     elif category_ids is None:
@@ -138,8 +149,16 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
     if overrides:
         logger.info("%s is a converted foreign checkpoint; using its settings: %s", path, overrides)
         cfg.update(overrides)
-    model = cfg.build_model(len(category_ids))
+    model = build_model_for_checkpoint(cfg, len(category_ids))
     load_model_weights(model, state, path)
     model.eval()
     names = list(class_names) if class_names is not None else [str(i) for i in category_ids]
     return LoadedModel(model, cfg, names, list(category_ids), thresholds, overrides, is_densedet(checkpoint))
+
+
+def build_model_for_checkpoint(cfg, num_classes: int) -> nn.Module:
+    """``cfg``'s model without ImageNet weights (no download, no backbone file read): every
+    weight will come from a full checkpoint."""
+    cfg = copy.copy(cfg)
+    cfg.pretrained, cfg.backbone_weights = False, ""
+    return cfg.build_model(num_classes)
