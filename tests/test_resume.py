@@ -4,22 +4,115 @@ resume=auto ends with exactly the weights of an uninterrupted run.
 The process is held at a named point (DENSEDET_PAUSE_AT, see public/engine/runstate.py), the
 test sees the marker file and sends SIGKILL from outside, as a crash or `kill -9` would.
 """
+import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from public.data.demo import generate_demo_data
+from public.data.seeding import EpochBatches, EpochSamples
+from public.engine.runstate import (drop_rows_from_epoch, preserved_rng, remove_stale_tmp, rng_state,
+                                    set_rng_state)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def draws() -> list[float]:
+    """One number from each random source training could use."""
+    return [random.random(), float(np.random.rand()), float(np.random.randn()), float(torch.rand(()))]
+
+
+# ---- pieces --------------------------------------------------------------------------------
+def test_random_states_round_trip_through_a_weights_only_checkpoint():
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    np.random.randn()                                   # leaves a cached Gaussian in NumPy's state
+    buffer = io.BytesIO()
+    torch.save({"rng": [rng_state()]}, buffer)
+    expected = [draws() for _ in range(3)]
+    buffer.seek(0)
+    set_rng_state(torch.load(buffer, weights_only=True)["rng"][0])
+    assert [draws() for _ in range(3)] == expected
+
+
+def test_evaluation_block_leaves_random_states_as_it_found_them():
+    torch.manual_seed(2), random.seed(2), np.random.seed(2)
+    state = rng_state()
+    expected = draws()
+    set_rng_state(state)
+    with preserved_rng():
+        draws(), draws()
+    assert draws() == expected
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Each item: the draws of a random transform, and the process that drew them."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return draws(), os.getpid()
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_only():
+    samples = EpochSamples(RandomItems(), seed=7)
+    first = samples[(0, 3)][0]
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    before = draws()
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    assert samples[(0, 3)][0] == first                   # whatever was drawn before
+    assert draws() == before                             # and the process's own states are untouched
+    assert samples[(1, 3)][0] != first and samples[(0, 4)][0] != first
+    assert EpochSamples(RandomItems(), seed=8)[(0, 3)][0] != first
+    assert len(samples) == 8
+
+
+def test_loader_batches_and_augmentation_are_the_same_in_worker_processes():
+    def epochs(num_workers):
+        batches = EpochBatches(BatchSampler(DistributedSampler(range(8), 1, 0, shuffle=True, seed=5), 3, False))
+        loader = DataLoader(EpochSamples(RandomItems(), 5), batch_sampler=batches, num_workers=num_workers,
+                            collate_fn=lambda items: items, persistent_workers=num_workers > 0)
+        out = []
+        for epoch in (0, 1):
+            batches.set_epoch(epoch)
+            out.append([item for batch in loader for item in batch])
+        return out
+    in_process, in_workers = epochs(0), epochs(2)
+    assert [[d for d, _ in e] for e in in_process] == [[d for d, _ in e] for e in in_workers]
+    assert {pid for _, pid in in_workers[0]} != {os.getpid()}       # really loaded by other processes
+    assert [d for d, _ in in_process[0]] != [d for d, _ in in_process[1]]   # a new epoch, new draws
+
+
+def test_rows_of_redone_epochs_are_dropped(tmp_path):
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text('{"epoch": 1, "mAP": 0.1}\n{"epoch": 2, "mAP": 0.2}\n{"note": "x"}\n{"epoch": 3, "mA')
+    assert drop_rows_from_epoch(jsonl, 2) == 2          # epoch 2 and the line a kill cut short
+    assert jsonl.read_text() == '{"epoch": 1, "mAP": 0.1}\n{"note": "x"}\n'
+    table = tmp_path / "results.csv"
+    table.write_text("epoch,mAP\n1,0.1\n2,0.2\n3,0.3\n")
+    assert drop_rows_from_epoch(table, 3) == 1 and table.read_text() == "epoch,mAP\n1,0.1\n2,0.2\n"
+    assert drop_rows_from_epoch(tmp_path / "absent.jsonl", 1) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "results.csv"]
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    (tmp_path / "latest.pth").write_bytes(b"x")
+    (tmp_path / "latest.pthab12cd.tmp").write_bytes(b"half")
+    assert remove_stale_tmp(tmp_path) == ["latest.pthab12cd.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+# ---- a real train.py, killed -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume_data")

@@ -75,8 +75,8 @@ def differences(cfg, stored_config: dict, stored_type: str | None = None,
     else:  # a checkpoint from before model types were stored: tell the models by their own keys
         base = set(_base_class(cfg).fields())
         stored_keys, own_keys = _model_keys(stored_config, base), _model_keys(cfg.to_dict(), base)
-        if stored_keys and own_keys and not stored_keys & own_keys:
-            out.append(f"model with keys {sorted(stored_keys)[:3]} vs {own_type}")
+        if stored_keys - own_keys and own_keys - stored_keys:  # each has keys of its own: two models
+            out.append(f"model with keys {sorted(stored_keys - own_keys)[:3]} vs {own_type}")
     if not out:  # the same model: compare its decisive settings
         for key in decisive_keys(cfg):
             if key in stored_config and not _same(stored_config[key], getattr(cfg, key)):
