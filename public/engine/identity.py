@@ -106,6 +106,9 @@ def check_checkpoint(checkpoint: dict, cfg, path: str, class_names: list | None 
                        "loading it anyway (allow_mismatch=True)", path, summary)
         return
     hint = _settings_hint(checkpoint.get("config") or {}, cfg)
+    stored_type = checkpoint.get("model_type")
+    if stored_type and stored_type != model_type(cfg):  # fcos.config -> --config fcos/config.py
+        hint = f" (--config {stored_type.replace('.', '/')}.py or a config derived from it)"
     raise ValueError(f"cannot {what} {path}: it does not match this config (checkpoint vs this run): {summary}. "
                      f"Use the config and data it was trained with{hint}, or pass allow_mismatch=True to {what} "
                      f"it anyway")
@@ -118,8 +121,10 @@ def _settings_hint(stored_config: dict, cfg) -> str:
 
 
 def _literal(value) -> str:
-    text = repr(tuple(value) if isinstance(value, list) else value)
-    return text.replace(" ", "")
+    """How to write ``value`` as a key=value override (bare words for names, as in backbone=resnet18)."""
+    if isinstance(value, str) and value.isidentifier():
+        return value
+    return repr(tuple(value) if isinstance(value, list) else value).replace(" ", "")
 
 
 def check_work_dir(work_dir: str | Path, cfg) -> list[str]:
