@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
+    except (KeyError, TypeError, ValueError, FileNotFoundError, AttributeError) as error:  # AttributeError: no Config
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2
     from public.engine import distributed

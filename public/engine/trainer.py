@@ -34,6 +34,9 @@ from public.engine.runstate import drop_rows_from_epoch, pausable, pause_point, 
 
 logger = logging.getLogger("densedet")
 
+# Files of the work_dir with one row per epoch: a resumed run replaces the rows of the epochs it redoes.
+EPOCH_FILES = ("metrics.jsonl", "results.csv")
+
 
 # ---- data ----------------------------------------------------------------------------------
 def prepare_demo_data(cfg) -> None:
@@ -188,7 +191,8 @@ def train(cfg) -> float:
     meta = {"format": "densedet", "model_type": model_type(cfg), "config": cfg.to_dict(),
             "classes": {"names": train_set.class_names, "category_ids": train_set.category_ids}}
     if main:  # rows of the epochs this run (re)does are replaced, not duplicated
-        drop_rows_from_epoch(work_dir / "metrics.jsonl", start_epoch + (pending_losses is None))
+        for name in EPOCH_FILES:
+            drop_rows_from_epoch(work_dir / name, start_epoch + (pending_losses is None))
     evaluation = functools.partial(evaluate_epoch, model, decoder, val_loader, val_set, device, amp_dtype, cfg,
                                    scheduler, meta)
     if checkpoint is not None:
