@@ -140,7 +140,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_model(data, tmp_path, capsys):
     path = demo_checkpoint(tmp_path / "atss.pth", "atss/config_demo.py")
     code, err = run_main([*common, "--evaluate", str(path), f"work_dir={tmp_path}"], capsys)
     assert code == 1 and err.count("\n") == 1
-    assert f"error: cannot evaluate {path}: it does not match this config (checkpoint vs this run): " \
+    assert f"error: cannot load {path}: it does not match this config (checkpoint vs this run): " \
            "model atss.config vs fcos.config. Use the config and data it was trained with (--config " \
            "atss/config.py or a config derived from it)" in err and "allow_mismatch=True" in err
     cfg = load_config("fcos/config_demo.py", ["allow_mismatch=True"])

@@ -129,8 +129,12 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
             checkpoint's own (detection on images, where there is no dataset).
         class_names: names of ``category_ids`` (for a foreign checkpoint, which has none).
         checkpoint: the contents of ``path`` if the caller has already loaded them.
+    A densedet checkpoint must also be of ``cfg``'s model with its decisive settings
+    (``identity.check_checkpoint``; ``allow_mismatch=True`` warns instead). The model is built
+    without ImageNet weights: the checkpoint holds them all.
+
     Raises:
-        ValueError for classes that do not match, RuntimeError (``load_model_weights``'s
+        ValueError for a model, settings or classes that do not match, RuntimeError (``load_model_weights``'s
         message) for a model that does not fit the config, FileNotFoundError / RuntimeError
         for a missing or unreadable file. ``cfg`` is updated in place with a foreign
         checkpoint's settings (also returned in ``overrides``).
@@ -139,7 +143,7 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
     thresholds = None
     if is_densedet(checkpoint):
         trained_ids = [int(i) for i in checkpoint["classes"]["category_ids"]]
-        check_checkpoint(checkpoint, cfg, path, class_names, category_ids, what="evaluate")
+        check_checkpoint(checkpoint, cfg, path, class_names, category_ids, what="load")
         category_ids, class_names = trained_ids, list(checkpoint["classes"]["names"])
         thresholds = checkpoint.get("score_thresholds")
     elif category_ids is None:

@@ -93,6 +93,9 @@ def restore_rng(checkpoint: dict) -> None:
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     if len(states) == world:
         set_rng_state(states[rank])
+    elif not states:
+        logger.warning("warning: the checkpoint holds no random states (written by an older version): continuing "
+                       "with fresh ones (augmentation does not depend on them)")
     else:
         logger.warning("warning: the checkpoint holds random states for %d processes and this run has %d: "
                        "continuing with fresh ones (augmentation does not depend on them; anything else "
