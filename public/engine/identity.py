@@ -66,7 +66,7 @@ def differences(cfg, stored_config: dict, stored_type: str | None = None,
                 stored_classes: dict | None = None, class_names: list | None = None,
                 category_ids: list | None = None) -> list[str]:
     """What differs between a stored run (its config dict, model type, classes) and ``cfg``
-    with the given classes; [] when they match. Each entry reads "what: stored vs this run"."""
+    with the given classes; [] when they match. Each entry reads "<what> <stored> vs <this run>"."""
     out = []
     own_type = model_type(cfg)
     if stored_type is not None:
