@@ -118,6 +118,8 @@ class BaseConfig:
     # ---- run ----------------------------------------------------------------------------
     work_dir: str = ""                # default: work_dirs/<config name>
     resume: str = ""                  # a latest.pth to resume from, or "auto" for work_dir/latest.pth
+    overwrite: bool = False           # start afresh in a work_dir that holds another run (deletes its run files)
+    allow_mismatch: bool = False      # resume / evaluate a checkpoint of another model, settings or classes (warns)
     eval_interval: int = 1            # evaluate every N epochs (and always after the last)
     log_interval: int = 20            # iterations between log lines
     seed: int = 42                    # random seed (each process adds its rank)
@@ -125,6 +127,10 @@ class BaseConfig:
     flops: bool = True                # count FLOPs and parameters at start
     tensorboard: bool = False         # write TensorBoard scalars to work_dir/tensorboard (needs tensorboard)
     eval_backend: str = "pycocotools"  # COCO evaluation: "pycocotools" or "faster_coco_eval" (same stats, faster)
+
+    # Settings a checkpoint must share with the config that loads it (resume, --evaluate,
+    # test.py): the model's structure and what its outputs mean. Each model adds its own.
+    _decisive_keys = ("backbone", "dcn_stages", "fpn_channels", "p6_from", "num_convs", "head_norm")
 
     # ------------------------------------------------------------------------------------
     def __init__(self, **overrides: Any) -> None:

@@ -6,7 +6,9 @@
     torchrun --nproc_per_node=8 train.py --config fcos/config.py ...   # DDP, one process per GPU
     python train.py --config fcos/config.py --evaluate work_dirs/fcos/best.pth
 
-Any config field can be overridden as key=value (Python literals; bare words are strings).
+Any config field can be overridden as key=value (Python literals; bare words are strings),
+before or after the options. Bad input or settings stop with one "error:" line (also written
+to work_dir/train.log, with the traceback); a traceback on the console means a bug.
 """
 from __future__ import annotations
 
@@ -24,23 +26,32 @@ def parse_args(argv=None):
     parser.add_argument("--evaluate", metavar="CKPT", default="",
                         help="score this checkpoint (ours or a torchvision state dict) on the validation set and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value before or after the options
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
+    except (KeyError, TypeError, ValueError, FileNotFoundError, AttributeError) as error:  # AttributeError: no Config
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2
     from public.engine import distributed
+    from public.engine.config_check import user_error_message
+    from public.engine.logger import log_error_to_file
     from public.engine.trainer import evaluate_checkpoint, train
     try:
         if args.evaluate:
             evaluate_checkpoint(cfg, args.evaluate)
         else:
             train(cfg)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise  # a bug, not bad input: keep the traceback
+        print(f"error: {message}", file=sys.stderr)
+        log_error_to_file(f"error: {message}", error)
+        return 1
     finally:
         distributed.cleanup()
     return 0

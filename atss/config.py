@@ -47,6 +47,8 @@ class Config(BaseConfig):
     nms_thresh = 0.6
     detections_per_img = 100
 
+    _decisive_keys = BaseConfig._decisive_keys + ("regression_type", "head_dcn", "octave_base_scale", "anchor_offset")
+
     def build_model(self, num_classes: int):
         from atss.model import ATSS
         return ATSS(self, num_classes)

@@ -34,6 +34,8 @@ class Config(BaseConfig):
     score_thresh_on: str = "cls"        # threshold the class probability (official) or "combined" sqrt(cls*ctr) (torchvision)
     nms_thresh = 0.6
 
+    _decisive_keys = BaseConfig._decisive_keys + ("norm_reg_targets", "centerness_on_reg", "location_offset")
+
     def build_model(self, num_classes: int):
         from fcos.model import FCOS
         return FCOS(self, num_classes)

@@ -43,6 +43,10 @@ class Config(BaseConfig):
     nms_thresh = 0.5
     detections_per_img = 100
 
+    _decisive_keys = BaseConfig._decisive_keys + (
+        "anchor_octave_base", "anchor_scales_per_octave", "aspect_ratios", "anchor_offset", "anchor_int_sizes",
+        "anchor_round_corners", "box_coder_weights")
+
     def build_model(self, num_classes: int):
         from retinanet.model import RetinaNet
         return RetinaNet(self, num_classes)

@@ -3,8 +3,11 @@
 A densedet checkpoint is a dict::
 
     {"format": "densedet", "model": state_dict, "config": resolved config dict,
+     "model_type": "fcos.config",                        # the module of the config class that builds it
      "classes": {"names": [...], "category_ids": [...]}, "epoch": int, "best_map": float,
-     "optimizer": ..., "scheduler": ..., "scaler": ...,   # the last three only in latest.pth
+     "optimizer": ..., "scheduler": ..., "scaler": ...,   # these four only in latest.pth:
+     "rng": [random states of each process],             #   see public/engine/runstate.py
+     "eval_pending": bool, "epoch_losses": {...},        #   written before the epoch's evaluation
      "score_thresholds": [float | None per label]}         # only after test.py --save-thresholds
 
 A bare state dict (or ``{"model": state_dict}``, torchvision's reference scripts) of a model
@@ -22,6 +25,8 @@ import torch
 from torch import nn
 
 from public.engine.weights import without_imagenet
+from public.engine.identity import check_checkpoint
+from public.engine.runstate import pause_point
 
 logger = logging.getLogger("densedet")
 
@@ -37,6 +42,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        pause_point(f"save:{path.name}:{state.get('epoch')}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -47,6 +53,11 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
+        raise ValueError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}); pass a .pth file "
+                         f"written by train.py or torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -119,8 +130,12 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
             checkpoint's own (detection on images, where there is no dataset).
         class_names: names of ``category_ids`` (for a foreign checkpoint, which has none).
         checkpoint: the contents of ``path`` if the caller has already loaded them.
+    A densedet checkpoint must also be of ``cfg``'s model with its decisive settings
+    (``identity.check_checkpoint``; ``allow_mismatch=True`` warns instead). The model is built
+    without ImageNet weights: the checkpoint holds them all.
+
     Raises:
-        ValueError for classes that do not match, RuntimeError (``load_model_weights``'s
+        ValueError for a model, settings or classes that do not match, RuntimeError (``load_model_weights``'s
         message) for a model that does not fit the config, FileNotFoundError / RuntimeError
         for a missing or unreadable file. ``cfg`` is updated in place with a foreign
         checkpoint's settings (also returned in ``overrides``).
@@ -129,9 +144,7 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
     thresholds = None
     if is_densedet(checkpoint):
         trained_ids = [int(i) for i in checkpoint["classes"]["category_ids"]]
-        if category_ids is not None and trained_ids != list(category_ids):
-            raise ValueError(f"{path} was trained on category ids {trained_ids} but the config's data "
-                             f"({cfg.val_annotations}) has {list(category_ids)}")
+        check_checkpoint(checkpoint, cfg, path, class_names, category_ids, what="load")
         category_ids, class_names = trained_ids, list(checkpoint["classes"]["names"])
         thresholds = checkpoint.get("score_thresholds")
     elif category_ids is None:
@@ -145,8 +158,14 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
                              f"fine-tune it on them with init_from={path}")
         logger.info("%s is a converted foreign checkpoint; using its settings: %s", path, overrides)
         cfg.update(overrides)
-    model = without_imagenet(cfg).build_model(len(category_ids))  # the checkpoint holds every weight
+    model = build_model_for_checkpoint(cfg, len(category_ids))
     load_model_weights(model, state, path)
     model.eval()
     names = list(class_names) if class_names is not None else [str(i) for i in category_ids]
     return LoadedModel(model, cfg, names, list(category_ids), thresholds, overrides, is_densedet(checkpoint))
+
+
+def build_model_for_checkpoint(cfg, num_classes: int) -> nn.Module:
+    """``cfg``'s model without ImageNet weights (no download, no backbone file read): every
+    weight will come from a full checkpoint."""
+    return without_imagenet(cfg).build_model(num_classes)

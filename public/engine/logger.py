@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections import defaultdict, deque
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def setup_logging(work_dir: str | None, main_process: bool) -> logging.Logger:
         file_handler = logging.FileHandler(Path(work_dir) / "train.log")
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
+    warnings.showwarning = _log_warning  # Python warnings (e.g. the dataset's repairs) reach train.log too
     return logger
 
 
@@ -77,6 +79,20 @@ def progress(iterable, total: int | None = None, desc: str = "", enabled: bool |
     # A terminal that reports no size (`script`, some multiplexers) would get no bar at all.
     shape = {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 120, "nrows": 40}
     return tqdm(iterable, total=total, desc=desc, leave=leave, file=sys.stderr, **shape)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logger.warning("warning: %s: %s", category.__name__, message)
+
+
+def log_error_to_file(message: str, error: BaseException) -> None:
+    """Write ``message`` and the traceback of ``error`` to the log files only (train.log): the
+    console shows the one-line message, the log keeps what a bug report needs."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None,
+                               (type(error), error, error.__traceback__))
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 class SmoothedValue:

@@ -12,27 +12,34 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 
 from public.data.coco import CocoDetection
 from public.data.collate import collate
 from public.data.demo import DEMO_ROOT, ensure_demo_data
 from public.data.prefetcher import Prefetcher
 from public.data.sampler import GroupedBatchSampler
+from public.data.seeding import EpochBatches, EpochSamples
 from public.data.transforms import build_transforms
 from public.data.validate import check_same_classes
 from public.engine import distributed as dist_utils
-from public.engine.checkpoint import (is_densedet, load_checkpoint, load_for_inference, load_model_weights,
-                                      model_state_from_checkpoint, save_checkpoint)
+from public.engine import resume as resume_utils
+from public.engine.checkpoint import (build_model_for_checkpoint, is_densedet, load_checkpoint, load_for_inference,
+                                      load_model_weights, model_state_from_checkpoint, save_checkpoint)
+from public.engine.config_check import check_config
 from public.engine.evaluator import EvalResult, check_eval_backend, evaluate, format_per_class, format_stats
+from public.engine.identity import model_type
 from public.engine.logger import MetricLogger, append_jsonl, setup_logging
 from public.engine.optim import LRScheduler, build_optimizer
 from public.engine.plots import RunRecorder
 from public.engine.resolve import resolve_for_run
-from public.engine.weights import (check_only_class_layer_differs, full_checkpoint_follows, match_classes_by_name,
-                                   without_imagenet)
+from public.engine.runstate import drop_rows_from_epoch, pausable, pause_point, preserved_rng, seed_everything
+from public.engine.weights import check_only_class_layer_differs, match_classes_by_name, without_imagenet
 
 logger = logging.getLogger("densedet")
+
+# Files of the work_dir with one row per epoch: a resumed run replaces the rows of the epochs it redoes.
+EPOCH_FILES = ("metrics.jsonl", "results.csv")
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -74,21 +81,27 @@ def _seed_worker(worker_id: int) -> None:
 def build_loader(cfg, dataset, train: bool, device: torch.device, collate_fn=None) -> DataLoader:
     """Training: shuffled (sharded under DDP), in batches of one orientation with
     ``aspect_ratio_grouping``; evaluation: in order, each rank its own shard.
-    ``collate_fn`` replaces the padding ``collate`` (test-time augmentation takes raw samples)."""
+    ``collate_fn`` replaces the padding ``collate`` (test-time augmentation takes raw samples).
+
+    Training batches are a function of (seed, epoch) (call ``loader.batch_sampler.set_epoch``)
+    and each image's augmentation of (seed, epoch, index) (``public.data.seeding``), whatever
+    the process, worker count or resume; the loaders draw their worker seeds from their own
+    generator, not from the process's torch RNG."""
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     collate_fn = collate_fn or functools.partial(collate, size_divisible=cfg.size_divisible)
     common = {"num_workers": cfg.num_workers, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
-              "persistent_workers": cfg.num_workers > 0, "worker_init_fn": _seed_worker}
-    drop_last = train and len(dataset) >= cfg.batch_size * world
-    if train and cfg.aspect_ratio_grouping:
-        batches = GroupedBatchSampler(dataset.portrait(), cfg.batch_size, rank, world, cfg.seed, drop_last)
-        return DataLoader(dataset, batch_sampler=batches, **common)
-    if train:
-        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
-                   if world > 1 else RandomSampler(dataset))
-    else:
+              "persistent_workers": cfg.num_workers > 0, "worker_init_fn": _seed_worker,
+              "generator": torch.Generator().manual_seed(cfg.seed + rank)}
+    if not train:
         sampler = ShardSampler(len(dataset), rank, world) if world > 1 else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, **common)
+        return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, **common)
+    drop_last = len(dataset) >= cfg.batch_size * world
+    if cfg.aspect_ratio_grouping:
+        batches = GroupedBatchSampler(dataset.portrait(), cfg.batch_size, rank, world, cfg.seed, drop_last)
+    else:  # a permutation from seed + epoch, as GroupedBatchSampler's (one process: all of it)
+        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=world > 1)
+        batches = BatchSampler(sampler, cfg.batch_size, drop_last)
+    return DataLoader(EpochSamples(dataset, cfg.seed), batch_sampler=EpochBatches(batches), **common)
 
 
 # ---- model ---------------------------------------------------------------------------------
@@ -130,29 +143,36 @@ def train(cfg) -> float:
     """Train ``cfg``; returns the best mAP. Launched once per process (torchrun for DDP)."""
     device = dist_utils.init_distributed(cfg.device)
     main = dist_utils.is_main_process()
+    check_config(cfg, training=True)
     work_dir = Path(cfg.work_dir)
+    resume = resume_utils.resume_path(cfg)
+    notes = resume_utils.prepare_work_dir(cfg)   # refuses a work_dir that holds another run
     setup_logging(str(work_dir), main)
-    torch.manual_seed(cfg.seed + dist_utils.get_rank())
-    random.seed(cfg.seed + dist_utils.get_rank())
-    np.random.seed(cfg.seed + dist_utils.get_rank())
+    for note in notes:
+        logger.info(note)
+    seed_everything(cfg.seed + dist_utils.get_rank())
 
     check_eval_backend(cfg.eval_backend)
     prepare_demo_data(cfg)
     train_set, val_set = build_dataset(cfg, train=True), build_dataset(cfg, train=False)
-    check_same_classes(train_set, val_set, cfg.train_annotations, cfg.val_annotations)
-    resume = str(work_dir / "latest.pth") if cfg.resume == "auto" else cfg.resume
-    checkpoint = load_checkpoint(resume) if resume and Path(resume).is_file() else None
-    stored = checkpoint.get("resolved") if isinstance(checkpoint, dict) else None
-    resolved = resolve_for_run(cfg, len(train_set), dist_utils.get_world_size(), stored, logger)
+    check_classes(cfg, train_set, val_set)
+    checkpoint = (resume_utils.load_resume_checkpoint(resume, cfg, train_set.class_names, train_set.category_ids)
+                  if resume else None)
+    # freezing, warmup, lr steps, lr, batch: from this run, or as stored by the run resumed
+    resolved = resolve_for_run(cfg, len(train_set), dist_utils.get_world_size(),
+                               checkpoint.get("resolved") if checkpoint is not None else None, logger)
     train_loader = build_loader(cfg, train_set, True, device)
     val_loader = build_loader(cfg, val_set, False, device)
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.train_annotations}: {len(train_set)} images is fewer than one batch of {cfg.batch_size}")
 
-    # a full checkpoint to load (resume, init_from) makes ImageNet weights pointless: none fetched
-    model = (without_imagenet(cfg) if full_checkpoint_follows(cfg) else cfg).build_model(train_set.num_classes)
-    if cfg.init_from:
+    if checkpoint is not None:  # every weight comes from the checkpoint: no ImageNet weights needed
+        model = build_model_for_checkpoint(cfg, train_set.num_classes)
+    elif cfg.init_from:         # likewise
+        model = without_imagenet(cfg).build_model(train_set.num_classes)
         init_weights_from(model, cfg, cfg.init_from, train_set.category_ids, train_set.class_names)
+    else:
+        model = cfg.build_model(train_set.num_classes)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -164,18 +184,10 @@ def train(cfg) -> float:
     amp_dtype = amp_dtype_of(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
 
-    start_epoch, best_map = 0, -1.0
+    start_epoch, best_map, pending_losses = 0, -1.0, None   # pending: the last epoch's evaluation is redone
     if checkpoint is not None:
-        if not is_densedet(checkpoint) or "optimizer" not in checkpoint:
-            raise ValueError(f"resume={resume} is not a densedet latest.pth (use init_from for weights only)")
-        load_model_weights(model, checkpoint["model"], resume)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, best_map = checkpoint["epoch"], checkpoint["best_map"]
-        logger.info("resumed from %s at epoch %d (best mAP %.4f)", resume, start_epoch + 1, best_map)
-    elif cfg.resume and cfg.resume != "auto":
-        raise FileNotFoundError(f"resume checkpoint not found: {cfg.resume}")
+        start_epoch, best_map, pending_losses = resume_utils.restore(checkpoint, resume, model, optimizer,
+                                                                     scheduler, scaler)
 
     if main:
         logger.info("config %s:\n%s", type(cfg).__module__, cfg)
@@ -189,40 +201,67 @@ def train(cfg) -> float:
 
     ddp_model = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                  if dist_utils.is_distributed() else model)
-    meta = {"format": "densedet", "config": cfg.to_dict(), "resolved": resolved,
+    meta = {"format": "densedet", "model_type": model_type(cfg), "config": cfg.to_dict(), "resolved": resolved,
             "classes": {"names": train_set.class_names, "category_ids": train_set.category_ids}}
-
+    if main:  # rows of the epochs this run (re)does are replaced, not duplicated
+        for name in EPOCH_FILES:
+            drop_rows_from_epoch(work_dir / name, start_epoch + (pending_losses is None))
     recorder = RunRecorder(work_dir, start_epoch, len(train_loader), cfg.tensorboard, main)
+    evaluation = functools.partial(evaluate_epoch, model, decoder, val_loader, val_set, device, amp_dtype, cfg,
+                                   scheduler, meta, recorder)
+    if checkpoint is not None:
+        resume_utils.restore_rng(checkpoint)   # last: the states of the uninterrupted run at this epoch's end
+        if pending_losses is not None:
+            best_map = evaluation(start_epoch, pending_losses, best_map)
+
     for epoch in range(start_epoch, cfg.epochs):
-        for sampler in (train_loader.sampler, train_loader.batch_sampler):
-            if hasattr(sampler, "set_epoch"):   # DistributedSampler, GroupedBatchSampler
-                sampler.set_epoch(epoch)
+        train_loader.batch_sampler.set_epoch(epoch)   # the order and augmentation of this epoch's images
         losses = train_one_epoch(ddp_model, loss_fn, optimizer, scheduler, scaler, train_loader, device,
                                  epoch, cfg, amp_dtype, recorder.iteration_logger(epoch))
-        is_last = epoch + 1 == cfg.epochs
-        result = None
-        if (epoch + 1) % cfg.eval_interval == 0 or is_last:
-            result = evaluate(model, decoder, val_loader, val_set, device, amp_dtype, cfg.channels_last,
-                              cfg.eval_backend)
-            scheduler.step_metric(result.stats[0])
-            if main:
-                log_evaluation(result, epoch + 1)
-                append_jsonl(work_dir / "metrics.jsonl", {"epoch": epoch + 1, **result.metrics, **losses,
-                                                          "lr": scheduler.get_lr(), "time": recorder.elapsed()})
-                recorder.evaluated(epoch + 1, result)  # TensorBoard, results.csv, results.png
+        evaluate_now = (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs
+        # latest.pth before the evaluation: an evaluation that fails or is killed loses no training
+        state = resume_utils.latest_state(model, optimizer, scheduler, scaler, epoch + 1, best_map, evaluate_now,
+                                          losses)
         if main:
-            state = {**meta, "model": model.state_dict(), "epoch": epoch + 1}
-            if result is not None and result.stats[0] > best_map:
-                best_map = result.stats[0]
-                save_checkpoint({**state, "best_map": best_map}, work_dir / "best.pth")
-                logger.info("new best mAP %.4f: saved %s", best_map, work_dir / "best.pth")
-            save_checkpoint({**state, "best_map": best_map, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
-                            work_dir / "latest.pth")
-        best_map = dist_utils.broadcast_object(best_map)
+            save_checkpoint({**meta, **state}, work_dir / "latest.pth")
+        if evaluate_now:
+            best_map = evaluation(epoch + 1, losses, best_map)
     recorder.close()
     logger.info("done: best mAP %.4f, checkpoints in %s", best_map, work_dir)
     return best_map
+
+
+def check_classes(cfg, train_set, val_set) -> None:
+    """The training data names at least one class, and the same ones (ids and names) as the
+    validation data."""
+    if train_set.num_classes == 0:
+        raise ValueError(f"{cfg.train_annotations} has no categories ('categories': []): list the classes as "
+                         f"\"categories\": [{{\"id\": 1, \"name\": \"...\"}}, ...]")
+    check_same_classes(train_set, val_set, cfg.train_annotations, cfg.val_annotations)
+
+
+def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, scheduler, meta, recorder,
+                   epoch: int, losses: dict, best_map: float) -> float:
+    """Evaluate after ``epoch`` (1-based) epochs: log it, add its metrics.jsonl row (and the
+    recorder's results.csv, results.png, TensorBoard), save best.pth if the mAP improved; returns
+    the best mAP. Random states are left as they were, so the training that follows does not
+    depend on whether this ran (or ran again on resume)."""
+    with preserved_rng():
+        result = evaluate(model, decoder, pausable(val_loader, f"eval:{epoch}"), val_set, device, amp_dtype,
+                          cfg.channels_last, cfg.eval_backend)
+    scheduler.step_metric(result.stats[0])
+    if dist_utils.is_main_process():
+        work_dir = Path(cfg.work_dir)
+        log_evaluation(result, epoch)
+        append_jsonl(work_dir / "metrics.jsonl", {"epoch": epoch, **result.metrics, **losses,
+                                                  "lr": scheduler.get_lr(), "time": recorder.elapsed()})
+        recorder.evaluated(epoch, result)  # TensorBoard, results.csv, results.png
+        if result.stats[0] > best_map:
+            best_map = result.stats[0]
+            save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "best_map": best_map},
+                            work_dir / "best.pth")
+            logger.info("new best mAP %.4f: saved %s", best_map, work_dir / "best.pth")
+    return dist_utils.broadcast_object(best_map)
 
 
 def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, device, epoch, cfg, amp_dtype,
@@ -250,6 +289,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, device
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        pause_point(f"iter:{scheduler.iteration}")
         metric_logger.update(loss=sum(values), **dict(zip(losses, values)), lr=scheduler.get_lr())
     return {k: v for k, v in metric_logger.averages().items() if k.startswith("loss")}
 
@@ -267,6 +307,7 @@ def evaluate_checkpoint(cfg, path: str) -> EvalResult:
     print the 12 COCO stats and a per-class AP table."""
     device = dist_utils.init_distributed(cfg.device)
     setup_logging(None, dist_utils.is_main_process())
+    check_config(cfg, training=False)
     prepare_demo_data(cfg)
     val_set = build_dataset(cfg, train=False)
     loaded = load_for_inference(cfg, path, val_set.category_ids, val_set.class_names)

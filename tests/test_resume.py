@@ -1,0 +1,206 @@
+"""Exact resume: a real train.py killed with SIGKILL at several moments and continued with
+resume=auto ends with exactly the weights of an uninterrupted run.
+
+The process is held at a named point (DENSEDET_PAUSE_AT, see public/engine/runstate.py), the
+test sees the marker file and sends SIGKILL from outside, as a crash or `kill -9` would.
+"""
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+from public.data.demo import generate_demo_data
+from public.data.seeding import EpochBatches, EpochSamples
+from public.engine.runstate import (drop_rows_from_epoch, preserved_rng, remove_stale_tmp, rng_state,
+                                    set_rng_state)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def draws() -> list[float]:
+    """One number from each random source training could use."""
+    return [random.random(), float(np.random.rand()), float(np.random.randn()), float(torch.rand(()))]
+
+
+# ---- pieces --------------------------------------------------------------------------------
+def test_random_states_round_trip_through_a_weights_only_checkpoint():
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    np.random.randn()                                   # leaves a cached Gaussian in NumPy's state
+    buffer = io.BytesIO()
+    torch.save({"rng": [rng_state()]}, buffer)
+    expected = [draws() for _ in range(3)]
+    buffer.seek(0)
+    set_rng_state(torch.load(buffer, weights_only=True)["rng"][0])
+    assert [draws() for _ in range(3)] == expected
+
+
+def test_evaluation_block_leaves_random_states_as_it_found_them():
+    torch.manual_seed(2), random.seed(2), np.random.seed(2)
+    state = rng_state()
+    expected = draws()
+    set_rng_state(state)
+    with preserved_rng():
+        draws(), draws()
+    assert draws() == expected
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Each item: the draws of a random transform, and the process that drew them."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return draws(), os.getpid()
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_only():
+    samples = EpochSamples(RandomItems(), seed=7)
+    first = samples[(0, 3)][0]
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    before = draws()
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    assert samples[(0, 3)][0] == first                   # whatever was drawn before
+    assert draws() == before                             # and the process's own states are untouched
+    assert samples[(1, 3)][0] != first and samples[(0, 4)][0] != first
+    assert EpochSamples(RandomItems(), seed=8)[(0, 3)][0] != first
+    assert len(samples) == 8
+
+
+def test_loader_batches_and_augmentation_are_the_same_in_worker_processes():
+    def epochs(num_workers):
+        batches = EpochBatches(BatchSampler(DistributedSampler(range(8), 1, 0, shuffle=True, seed=5), 3, False))
+        loader = DataLoader(EpochSamples(RandomItems(), 5), batch_sampler=batches, num_workers=num_workers,
+                            collate_fn=lambda items: items, persistent_workers=num_workers > 0)
+        out = []
+        for epoch in (0, 1):
+            batches.set_epoch(epoch)
+            out.append([item for batch in loader for item in batch])
+        return out
+    in_process, in_workers = epochs(0), epochs(2)
+    assert [[d for d, _ in e] for e in in_process] == [[d for d, _ in e] for e in in_workers]
+    assert {pid for _, pid in in_workers[0]} != {os.getpid()}       # really loaded by other processes
+    assert [d for d, _ in in_process[0]] != [d for d, _ in in_process[1]]   # a new epoch, new draws
+
+
+def test_rows_of_redone_epochs_are_dropped(tmp_path):
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text('{"epoch": 1, "mAP": 0.1}\n{"epoch": 2, "mAP": 0.2}\n{"note": "x"}\n{"epoch": 3, "mA')
+    assert drop_rows_from_epoch(jsonl, 2) == 2          # epoch 2 and the line a kill cut short
+    assert jsonl.read_text() == '{"epoch": 1, "mAP": 0.1}\n{"note": "x"}\n'
+    table = tmp_path / "results.csv"
+    table.write_text("epoch,mAP\n1,0.1\n2,0.2\n3,0.3\n")
+    assert drop_rows_from_epoch(table, 3) == 1 and table.read_text() == "epoch,mAP\n1,0.1\n2,0.2\n"
+    assert drop_rows_from_epoch(tmp_path / "absent.jsonl", 1) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "results.csv"]
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    (tmp_path / "latest.pth").write_bytes(b"x")
+    (tmp_path / "latest.pthab12cd.tmp").write_bytes(b"half")
+    assert remove_stale_tmp(tmp_path) == ["latest.pthab12cd.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+# ---- a real train.py, killed -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume_data")
+    generate_demo_data(root, 6, 2, seed=3)
+    return [f"train_images={root / 'train'}", f"train_annotations={root / 'annotations' / 'instances_train.json'}",
+            f"val_images={root / 'val'}", f"val_annotations={root / 'annotations' / 'instances_val.json'}",
+            "min_size=(64,80)", "max_size=96", "test_min_size=64", "batch_size=2", "epochs=2", "eval_interval=1",
+            "flops=False", "log_interval=1", "warmup_iters=2", "hflip_prob=0.5", "aspect_ratio_grouping=False"]
+
+
+def _env(pause_at: str = "", marker: Path | None = None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("DENSEDET_PAUSE_AT", None)
+    if pause_at:
+        env.update(DENSEDET_PAUSE_AT=pause_at, DENSEDET_PAUSE_FILE=str(marker))
+    return env
+
+
+def train(args, pause_at: str = "", tmp: Path | None = None):
+    """Run train.py to the end, or (``pause_at``) until it reaches that point, then SIGKILL it."""
+    cmd = [sys.executable, "train.py", "--config", "fcos/config_demo.py", *args]
+    if not pause_at:
+        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+    marker = tmp / f"paused_{pause_at.replace(':', '_')}"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(pause_at, marker), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None, f"train.py ended before {pause_at}:\n" + proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    out = proc.stdout.read()
+    assert proc.returncode == -signal.SIGKILL
+    return out
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    state_a = torch.load(a, weights_only=True)["model"]
+    state_b = torch.load(b, weights_only=True)["model"]
+    assert state_a.keys() == state_b.keys()
+    diffs = {k: (state_a[k].double() - state_b[k].double()).abs().max().item() for k in state_a}
+    assert max(diffs.values()) == 0, {k: d for k, d in diffs.items() if d}
+
+
+def metric_rows(work_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("reference")
+    train([*data, f"work_dir={work_dir}", "num_workers=0"])
+    return work_dir
+
+
+def test_killed_in_evaluation_epoch_and_checkpoint_write_resumes_exactly(data, reference, tmp_path):
+    work_dir = tmp_path / "run"
+    args = [*data, f"work_dir={work_dir}", "num_workers=0"]
+    # 1. inside the evaluation of epoch 1 (latest.pth of epoch 1 is already written)
+    train(args, "eval:1", tmp_path)
+    assert torch.load(work_dir / "latest.pth", weights_only=True)["eval_pending"] is True
+    assert not (work_dir / "metrics.jsonl").exists()
+    # 2. resumed (epoch 1's evaluation is redone first), killed inside epoch 2 (iteration 2 of 3)
+    out = train([*args, "resume=auto"], "iter:5", tmp_path)
+    assert "resumed from" in out and "evaluating epoch 1 first" in out
+    assert [r["epoch"] for r in metric_rows(work_dir)] == [1]
+    # 3. resumed, killed inside the write of epoch 2's latest.pth: a *.tmp is left, latest.pth intact
+    train([*args, "resume=auto"], "save:latest.pth:2", tmp_path)
+    assert list(work_dir.glob("*.tmp")) and torch.load(work_dir / "latest.pth", weights_only=True)["epoch"] == 1
+    # 4. resumed to the end
+    out = train([*args, "resume=auto"])
+    assert "interrupted checkpoint write" in out
+    assert_same_weights(work_dir / "latest.pth", reference / "latest.pth")
+    assert_same_weights(work_dir / "best.pth", reference / "best.pth")
+    assert metric_rows(work_dir) == metric_rows(reference)          # each epoch once, the same numbers
+    assert not list(work_dir.glob("*.tmp"))
+
+
+def test_worker_processes_do_not_change_the_run_and_resume_exactly(data, reference, tmp_path):
+    """Augmentation depends on (seed, epoch, image), not on the process that loads the image:
+    two workers give the weights of the in-process run, also when killed and resumed."""
+    work_dir = tmp_path / "run"
+    args = [*data, f"work_dir={work_dir}", "num_workers=2"]
+    train(args, "iter:4", tmp_path)          # first step of epoch 2
+    train([*args, "resume=auto"])
+    assert_same_weights(work_dir / "latest.pth", reference / "latest.pth")
+    assert metric_rows(work_dir) == metric_rows(reference)

@@ -1,0 +1,212 @@
+"""What train.py refuses and how it says so: bad config values, checkpoints of another model,
+settings or classes, a work_dir holding another run, a file that is no checkpoint; one
+"error:" line for each, warnings in train.log, no ImageNet download for a full checkpoint."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train as train_cli
+from config import load_config
+from public.data.demo import DEMO_CATEGORY_IDS, DEMO_CLASSES, generate_demo_data
+from public.engine.checkpoint import load_for_inference, save_checkpoint
+from public.engine.config_check import check_config, user_error_message
+from public.engine.identity import check_work_dir, differences, model_type
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checks_data")
+    generate_demo_data(root, 2, 2, seed=4)
+    return root, [f"train_images={root / 'train'}", f"train_annotations={root / 'annotations' / 'instances_train.json'}",
+                  f"val_images={root / 'val'}", f"val_annotations={root / 'annotations' / 'instances_val.json'}",
+                  "num_workers=0", "min_size=(64,)", "max_size=96", "test_min_size=64", "batch_size=2", "flops=False"]
+
+
+def run_main(args, capsys) -> tuple[int, str]:
+    code = train_cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def demo_checkpoint(path: Path, config: str = "fcos/config_demo.py", overrides=(), names=DEMO_CLASSES,
+                    ids=DEMO_CATEGORY_IDS, legacy: bool = False) -> Path:
+    """A freshly initialised model saved as train.py saves one (``legacy``: without model_type)."""
+    cfg = load_config(config, list(overrides))
+    torch.manual_seed(0)
+    state = {"format": "densedet", "model_type": model_type(cfg), "config": cfg.to_dict(),
+             "classes": {"names": list(names), "category_ids": list(ids)},
+             "model": cfg.build_model(len(ids)).state_dict(), "epoch": 1, "best_map": 0.0, "optimizer": {}}
+    if legacy:
+        del state["model_type"]
+    save_checkpoint(state, path)
+    return path
+
+
+# ---- config values ---------------------------------------------------------------------------
+@pytest.mark.parametrize("override, named", [
+    ("epochs=-3", "epochs=-3 must be an integer >= 1"),
+    ("lr=-1", "lr=-1.0 must be a number > 0"),
+    ("eval_interval=0", "eval_interval=0 must be an integer >= 1"),
+    ("min_size=()", "min_size=() must be a non-empty tuple of positive integers"),
+    ("batch_size=0", "batch_size=0 must be an integer >= 1"),
+    ("hflip_prob=1.5", "hflip_prob=1.5 must be a number >= 0 and <= 1"),
+    ("nms_thresh=0", "nms_thresh=0.0 must be a number > 0 and <= 1"),
+    ("optimizer=adam", "optimizer='adam' must be one of 'sgd', 'adamw'"),
+])
+def test_bad_values_stop_with_one_line_naming_the_key(override, named, data, tmp_path, capsys):
+    _, common = data
+    code, err = run_main([*common, f"work_dir={tmp_path / 'run'}", override], capsys)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: bad config value: ") and named in err
+    assert not (tmp_path / "run").exists()                # refused before anything was written
+
+
+def test_iou_thresholds_must_be_ordered_and_good_configs_pass():
+    cfg = load_config("atss/config.py", ["positive_type=IoU", "fg_iou_thresh=0.4", "bg_iou_thresh=0.5"])
+    with pytest.raises(ValueError, match=r"bg_iou_thresh=0.5 must be <= fg_iou_thresh=0.4"):
+        check_config(cfg)
+    for config in ("fcos/config.py", "fcos/config_demo.py", "atss/config.py", "atss/config_demo.py",
+                   "retinanet/config.py", "retinanet/config_demo.py"):
+        check_config(load_config(config))                # the shipped defaults are valid
+    check_config(load_config("fcos/config.py", ["epochs=0"]), training=False)   # --evaluate: no training keys
+
+
+def test_user_errors_are_told_apart_from_bugs():
+    assert user_error_message(ValueError("bad json")) == "bad json"
+    assert user_error_message(FileNotFoundError(2, "No such file or directory", "x.json")).endswith("'x.json'")
+    assert user_error_message(RuntimeError("cannot read image 'a.jpg' (image id 3, from t.json)")).startswith("cannot")
+    wrapped = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 1\nRuntimeError: cannot read image 'a.jpg'\n")
+    assert user_error_message(wrapped) == "cannot read image 'a.jpg'"
+    assert user_error_message(RuntimeError("CUDA error: illegal memory access")) is None
+    assert user_error_message(IndexError("list index out of range")) is None
+    assert user_error_message(KeyError("id")) is None
+
+
+# ---- the command line --------------------------------------------------------------------------
+def test_key_value_before_and_after_options():
+    args = train_cli.parse_args(["epochs=2", "--evaluate", "best.pth", "work_dir=/tmp/x", "--config", "atss/config.py"])
+    assert args.evaluate == "best.pth" and args.config == "atss/config.py" and args.overrides == ["epochs=2",
+                                                                                                "work_dir=/tmp/x"]
+
+
+def test_empty_categories_stop_with_a_message_and_warnings_reach_train_log(data, tmp_path, capsys):
+    root, common = data
+    annotations = json.loads((root / "annotations" / "instances_train.json").read_text())
+    annotations["categories"] = []
+    bad = tmp_path / "no_categories.json"
+    bad.write_text(json.dumps(annotations))
+    work_dir = tmp_path / "run"
+    code, err = run_main([*common, f"train_annotations={bad}", f"work_dir={work_dir}"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"error: {bad} has no categories ('categories': [])")
+    log = (work_dir / "train.log").read_text()
+    # the dataset's warning about annotations of unknown categories, and the error with its traceback
+    assert "warning: UserWarning: " in log and "with a category id not in 'categories'" in log
+    assert f"error: {bad} has no categories" in log and "Traceback" in log
+
+
+def test_a_text_file_is_not_a_checkpoint(data, tmp_path, capsys):
+    _, common = data
+    text = tmp_path / "notes.txt"
+    text.write_text("epoch 12: mAP 0.4\n")
+    code, err = run_main([*common, "--evaluate", str(text), f"work_dir={tmp_path}"], capsys)
+    assert code == 1 and err == f"error: {text} is not a PyTorch checkpoint (it starts with b'epoc'); pass a .pth " \
+                                "file written by train.py or torch.save\n"
+
+
+# ---- checkpoints of another run ----------------------------------------------------------------
+def test_differences_name_model_settings_and_classes():
+    fcos, atss = load_config("fcos/config_demo.py"), load_config("atss/config_demo.py")
+    assert model_type(fcos) == "fcos.config" and model_type(atss) == "atss.config"
+    assert differences(fcos, atss.to_dict(), "atss.config") == ["model atss.config vs fcos.config"]
+    # a checkpoint from before model types were stored: told apart by the models' own keys
+    assert differences(fcos, atss.to_dict(), None)[0].startswith("model with keys ['anchor_offset'")
+    stored = load_config("fcos/config_demo.py", ["fpn_channels=32", "norm_reg_targets=False"]).to_dict()
+    assert differences(fcos, stored, "fcos.config") == ["fpn_channels 32 vs 64", "norm_reg_targets False vs True"]
+    classes = {"names": ["a", "b"], "category_ids": [1, 2]}
+    assert differences(fcos, fcos.to_dict(), "fcos.config", classes, ["b", "a"], [1, 2]) == [
+        "class names ['a', 'b'] vs ['b', 'a']"]
+    assert differences(fcos, fcos.to_dict(), "fcos.config", classes, ["a", "b"], [1, 3]) == [
+        "category ids [1, 2] vs [1, 3]"]
+    assert differences(fcos, load_config("fcos/config_demo.py", ["lr=1.0", "epochs=3"]).to_dict(), "fcos.config",
+                       classes, ["a", "b"], [1, 2]) == []      # training settings may change
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_model(data, tmp_path, capsys):
+    """ATSS and FCOS have the same tensor names and shapes: only the stored model type tells."""
+    _, common = data
+    path = demo_checkpoint(tmp_path / "atss.pth", "atss/config_demo.py")
+    code, err = run_main([*common, "--evaluate", str(path), f"work_dir={tmp_path}"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert f"error: cannot load {path}: it does not match this config (checkpoint vs this run): " \
+           "model atss.config vs fcos.config. Use the config and data it was trained with (--config " \
+           "atss/config.py or a config derived from it)" in err and "allow_mismatch=True" in err
+    cfg = load_config("fcos/config_demo.py", ["allow_mismatch=True"])
+    assert load_for_inference(cfg, str(path), list(DEMO_CATEGORY_IDS), list(DEMO_CLASSES)).model is not None
+
+
+def test_evaluate_names_the_settings_to_pass(data, tmp_path, capsys):
+    _, common = data
+    path = demo_checkpoint(tmp_path / "c.pth", overrides=["fpn_channels=32", "num_convs=1"])
+    code, err = run_main([*common, "--evaluate", str(path), f"work_dir={tmp_path}"], capsys)
+    assert code == 1 and "fpn_channels 32 vs 64; num_convs 1 vs 2" in err and "(e.g. fpn_channels=32 num_convs=1)" in err
+
+
+def test_resume_refuses_a_checkpoint_of_other_classes(data, tmp_path, capsys):
+    _, common = data
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    names = ("square", "circle", "triangle", "cross", "ring")       # the same ids, two names swapped
+    demo_checkpoint(work_dir / "latest.pth", names=names)
+    code, err = run_main([*common, f"work_dir={work_dir}", "resume=auto"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "error: cannot resume from" in err
+    assert "class names ['square', 'circle', 'triangle', 'cross', 'ring'] vs ['circle', 'square'," in err
+
+
+def test_evaluate_builds_no_imagenet_backbone(tmp_path, monkeypatch):
+    """A full checkpoint holds every weight: pretrained=True must not fetch or read ImageNet weights."""
+    import public.models.backbone as backbone
+
+    def fetch(*args, **kwargs):
+        raise AssertionError("ImageNet weights requested")
+    monkeypatch.setattr(backbone, "_load_imagenet_weights", fetch)
+    path = demo_checkpoint(tmp_path / "c.pth")
+    cfg = load_config("fcos/config_demo.py", ["pretrained=True", "backbone_weights=/nowhere/r18.pth"])
+    loaded = load_for_inference(cfg, str(path), list(DEMO_CATEGORY_IDS), list(DEMO_CLASSES))
+    assert cfg.pretrained and cfg.backbone_weights == "/nowhere/r18.pth"    # the config is left as it was
+    saved = torch.load(path, weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.model.state_dict().items() if k in saved)
+
+
+# ---- work_dir of another run -------------------------------------------------------------------
+def test_a_work_dir_holding_another_run_is_refused(data, tmp_path, capsys):
+    _, common = data
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    (work_dir / "metrics.jsonl").write_text('{"epoch": 1, "mAP": 0.5}\n')
+    (work_dir / "train.log").write_text("the other run's log\n")
+    code, err = run_main([*common, f"work_dir={work_dir}", "epochs=1"], capsys)
+    assert code == 1 and err == (f"error: work_dir {work_dir} already holds a run (metrics.jsonl): continue it with "
+                                 f"resume=auto, replace it with overwrite=True, or choose another work_dir=\n")
+    assert (work_dir / "train.log").read_text() == "the other run's log\n"     # nothing appended
+
+
+def test_work_dir_rules(tmp_path):
+    fcos = load_config("fcos/config_demo.py", [f"work_dir={tmp_path}"])
+    assert check_work_dir(tmp_path / "absent", fcos) == []
+    (tmp_path / "config.json").write_text(json.dumps(fcos.to_dict()))
+    (tmp_path / "train.log").write_text("a run that stopped before its first checkpoint\n")
+    assert check_work_dir(tmp_path, fcos) == []                        # the same run, started again
+    atss = load_config("atss/config_demo.py", [f"work_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"already holds a run \(config.json of another config \(model with keys"):
+        check_work_dir(tmp_path, atss)
+    atss.set("resume", "auto")
+    assert check_work_dir(tmp_path, atss) == []                        # resume decides, with its own checks
+    atss.set("resume", "")
+    atss.set("overwrite", True)
+    (tmp_path / "best.pth").write_bytes(b"x")
+    (tmp_path / "notes.md").write_text("mine")
+    assert check_work_dir(tmp_path, atss) == ["best.pth", "train.log", "config.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]        # the user's own files stay
