@@ -33,6 +33,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import nms
@@ -168,3 +169,38 @@ def export_metadata(cfg, model_name: str, class_names: list[str], category_ids: 
             "decoder": {"score_thresh": cfg.score_thresh, "topk_candidates": cfg.topk_candidates,
                         "nms_thresh": cfg.nms_thresh, "detections_per_img": cfg.detections_per_img},
             "opset": OPSET}
+
+
+@torch.no_grad()
+def compare_with_pytorch(model: nn.Module, decoder: nn.Module, path: str | Path, images: torch.Tensor,
+                         image_sizes: torch.Tensor, raw: bool = False) -> dict:
+    """Run the file at ``path`` in ONNX Runtime and ``model`` (+ ``decoder``) in PyTorch on the
+    same input; return the largest differences.
+
+    Args: images float [B, 3, H, W] 0-255, image_sizes int64 [B, 2].
+    Returns (decoded): {"detections": total compared, "count_mismatch": images whose numbers
+        of detections differ, "label_mismatch": compared slots whose labels differ,
+        "box": max |box difference| px, "score": max |score difference|}.
+        (raw): {name: max |difference|} per output.
+    """
+    require_onnx()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"images": images.float().numpy(), "image_sizes": image_sizes.numpy()})
+    outputs = model(normalize(images.float(), image_sizes))
+    if raw:
+        names = raw_output_names(outputs)
+        return {n: float(np.abs(outputs[n].numpy() - o).max()) for n, o in zip(names, onnx_out)}
+    reference = decoder(outputs, image_sizes)
+    boxes, scores, labels, counts = onnx_out
+    report = {"detections": 0, "count_mismatch": 0, "label_mismatch": 0, "box": 0.0, "score": 0.0}
+    for i, ref in enumerate(reference):
+        n = min(int(counts[i]), len(ref["scores"]))
+        report["count_mismatch"] += int(counts[i]) != len(ref["scores"])
+        report["detections"] += n
+        if n:
+            report["label_mismatch"] += int((labels[i, :n] != ref["labels"].numpy()[:n]).sum())
+            report["box"] = max(report["box"], float(np.abs(boxes[i, :n] - ref["boxes"].numpy()[:n]).max()))
+            report["score"] = max(report["score"], float(np.abs(scores[i, :n] - ref["scores"].numpy()[:n]).max()))
+    return report
