@@ -115,7 +115,7 @@ def raw_output_names(outputs: dict) -> list[str]:
 
 
 def export_onnx(model: nn.Module, decoder: nn.Module, out: str | Path, metadata: dict, raw: bool = False,
-                example_size: tuple[int, int] = (160, 192)) -> list[str]:
+                example_size: tuple[int, int] = (64, 96)) -> list[str]:
     """Trace ``model`` (+ ``decoder`` unless ``raw``) into ``out`` with dynamic batch, height
     and width; store ``metadata`` under the ``densedet`` key. Returns the output names.
 
