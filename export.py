@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         logger.info("check at 2 x %dx%d (random pixels), ONNX Runtime vs PyTorch: %s", height, width,
                     ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
         if not args.raw:
-            failed |= bool(report["count_mismatch"] or report["label_mismatch"] or report["box"] > BOX_TOLERANCE_PX
+            failed |= bool(report["count_mismatch"] or report["unmatched"] or report["box"] > BOX_TOLERANCE_PX
                            or report["score"] > SCORE_TOLERANCE)
     if failed:
         logger.warning("%s differs from the PyTorch model beyond %.0e px / %.0e in score: a box on the edge of "
