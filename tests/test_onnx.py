@@ -21,11 +21,14 @@ from public.engine.onnx_export import compare_with_pytorch, export_onnx, match_d
 from public.engine.onnx_runtime import OnnxModel
 from public.engine.tester import detect_images, detect_video, evaluate_report
 
-# Measured on these models: boxes within 1.3e-4 px, scores within 3e-7.
-BOX_TOL, SCORE_TOL = 1e-3, 1e-4
+# Measured on these models: boxes within 1.2e-4 px (FCOS, ATSS) and 9e-4 px (RetinaNet: its
+# largest anchors are ~800 px and the box sizes are exp() of the regression, so float32 rounding
+# of the head outputs, ~1e-6, moves their sides by up to ~1e-3 px); scores within 1.5e-6.
+BOX_TOL, SCORE_TOL = 2e-3, 1e-4
 # topk 100 per level: at these sizes P3 has more candidates than that (TopK of 100) and P6/P7
 # fewer (TopK of the level's size), so both sides of min(k, level size) run in the graph.
-SMALL = ["topk_candidates=100", "num_workers=0"]
+# detections_per_img 1000 (> 5 levels x 100): every box NMS keeps is compared, none cut.
+SMALL = ["topk_candidates=100", "detections_per_img=1000", "num_workers=0"]
 
 
 def perturbed_model(name: str, num_classes: int, seed: int = 0):
@@ -38,8 +41,8 @@ def perturbed_model(name: str, num_classes: int, seed: int = 0):
         model.head.cls_logits.weight.normal_(0, 0.05)
         model.head.cls_logits.bias.fill_(-1.0)
         model.head.bbox_pred.weight.normal_(0, 0.05)
-        if name == "fcos":        # distances relu(x) * stride: start at about one stride
-            model.head.bbox_pred.bias.fill_(1.0)
+        if name == "fcos":        # distances relu(x) * stride: boxes about 6 strides wide, so that neighbours overlap
+            model.head.bbox_pred.bias.fill_(3.0)
     return cfg, model
 
 
@@ -60,7 +63,9 @@ def test_onnx_detections_equal_pytorch(name, tmp_path):
         for size in (1, 2):
             report = compare_with_pytorch(model, decoder, path, *batch(height, width, size, seed=height + size))
             where = f"{name} {size}x{height}x{width}: {report}"
-            assert report["detections"] >= 80 * size, where           # NMS leaves many: a real comparison
+            # Many boxes compared, and NMS removed many candidates (of the same class: boxes of
+            # other classes at the same place stay), so that its decisions are compared too.
+            assert 80 * size <= report["detections"] <= 0.8 * report["candidates"], where
             assert report["count_mismatch"] == 0 and report["unmatched"] == 0, where
             assert report["box"] <= BOX_TOL and report["score"] <= SCORE_TOL, where
 

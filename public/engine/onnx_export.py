@@ -45,6 +45,7 @@ logger = logging.getLogger("densedet")
 OPSET = 17
 METADATA_KEY = "densedet"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+SCORE_WEIGHT_PX = 1000.0   # match_detections: a score difference of 1e-3 counts as 1 px
 
 
 def require_onnx() -> None:
@@ -178,7 +179,7 @@ def compare_with_pytorch(model: nn.Module, decoder: nn.Module, path: str | Path,
     same input; return the largest differences.
 
     Args: images float [B, 3, H, W] 0-255, image_sizes int64 [B, 2].
-    Returns (decoded): {"detections": PyTorch's in all, "count_mismatch": images whose numbers
+    Returns (decoded): {"candidates": before NMS, "detections": PyTorch's in all, "count_mismatch": images whose numbers
         of detections differ, "unmatched": PyTorch detections without their own ONNX partner
         of the same label, "box": max |box difference| px, "score": max |score difference|}
         over the pairs (``match_detections``).
@@ -195,7 +196,9 @@ def compare_with_pytorch(model: nn.Module, decoder: nn.Module, path: str | Path,
         return {n: float(np.abs(outputs[n].numpy() - o).max()) for n, o in zip(names, onnx_out)}
     reference = decoder(outputs, image_sizes)
     boxes, scores, labels, counts = onnx_out
-    report = {"detections": 0, "count_mismatch": 0, "unmatched": 0, "box": 0.0, "score": 0.0}
+    candidates = int(decoder.candidates(outputs, image_sizes)[3].sum())
+    report = {"candidates": candidates, "detections": 0, "count_mismatch": 0, "unmatched": 0, "box": 0.0,
+              "score": 0.0}
     for i, ref in enumerate(reference):
         n = int(counts[i])
         report["count_mismatch"] += n != len(ref["scores"])
@@ -208,7 +211,8 @@ def compare_with_pytorch(model: nn.Module, decoder: nn.Module, path: str | Path,
 
 
 def match_detections(ref_boxes, ref_scores, ref_labels, boxes, scores, labels) -> tuple[float, float, int]:
-    """Pair each reference detection with the detection of the same label whose box is closest.
+    """Pair each reference detection with the closest detection of the same label (largest
+    of the box coordinates' differences and 1000 x the score difference).
 
     Detections with (nearly) equal scores may come out in either order from two runtimes, so
     they are compared by matching, not position. Args: numpy boxes [D, 4], scores [D],
@@ -218,7 +222,11 @@ def match_detections(ref_boxes, ref_scores, ref_labels, boxes, scores, labels) -
     """
     if len(ref_scores) == 0 or len(scores) == 0:
         return 0.0, 0.0, len(ref_scores)
-    distance = np.abs(ref_boxes[:, None, :] - boxes[None, :, :]).max(-1)           # [D_ref, D]
+    box_distance = np.abs(ref_boxes[:, None, :] - boxes[None, :, :]).max(-1)       # [D_ref, D]
+    score_distance = np.abs(ref_scores[:, None] - scores[None, :])                  # [D_ref, D]
+    # Boxes alone can be equal (zero-area boxes clipped at the same image border survive NMS
+    # side by side): the score tells those apart, 1e-3 in score weighing as 1 px.
+    distance = np.maximum(box_distance, SCORE_WEIGHT_PX * score_distance)
     distance = np.where(ref_labels[:, None] == labels[None, :], distance, np.inf)
     nearest = distance.argmin(1)                                                   # [D_ref]
     found = np.isfinite(distance[np.arange(len(nearest)), nearest])
@@ -227,6 +235,6 @@ def match_detections(ref_boxes, ref_scores, ref_labels, boxes, scores, labels) -
     if not found.any():
         return 0.0, 0.0, unmatched
     pairs = np.flatnonzero(found)
-    box = float(distance[pairs, nearest[pairs]].max())
-    score = float(np.abs(ref_scores[pairs] - scores[nearest[pairs]]).max())
+    box = float(box_distance[pairs, nearest[pairs]].max())
+    score = float(score_distance[pairs, nearest[pairs]].max())
     return box, score, unmatched
