@@ -93,7 +93,11 @@ def main(argv=None) -> int:
     model, decoder = loaded.model.cpu().eval(), cfg.build_decoder()
     metadata = export_metadata(cfg, type(model).__name__, loaded.class_names, loaded.category_ids, args.raw,
                                loaded.score_thresholds, args.checkpoint)
-    names = export_onnx(model, decoder, out, metadata, raw=args.raw)
+    try:
+        names = export_onnx(model, decoder, out, metadata, raw=args.raw)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     logger.info("wrote %s (%s, %d classes; outputs %s; dynamic batch, height, width; opset %d)", out,
                 type(model).__name__, len(loaded.class_names), ", ".join(names), metadata["opset"])
     if args.no_check:

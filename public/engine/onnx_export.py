@@ -128,6 +128,12 @@ def export_onnx(model: nn.Module, decoder: nn.Module, out: str | Path, metadata:
     require_onnx()
     import onnx
 
+    from public.models.dcn import DeformConv
+    deformable = [name for name, module in model.named_modules() if isinstance(module, DeformConv)]
+    if deformable:
+        raise ValueError(f"the model has deformable convolutions ({deformable[0]}, ...: head_dcn / dcn_stages), "
+                         f"which the ONNX exporter cannot write (torchvision's deform_conv2d has no ONNX export "
+                         f"at opset {OPSET}): export a model trained without them")
     model = model.eval()
     module = ExportModule(model, None if raw else decoder).eval()
     images = torch.randint(0, 256, (2, 3, *example_size)).float()
