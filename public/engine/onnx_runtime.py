@@ -107,13 +107,13 @@ def _plain(value):
 
 
 @torch.no_grad()
-def predict_batches(predictor, loader, label_to_cat_id: list[int], log_interval: int = 50):
+def predict_batches(model: OnnxModel, loader, label_to_cat_id: list[int], log_interval: int = 50):
     """Evaluation loader (padded ``Batch``es) -> (COCO result dicts, seconds per image of the
-    ONNX session), as ``evaluator.predict`` does for a PyTorch model."""
+    ONNX session), as ``evaluator.predict`` does for a PyTorch model and decoder."""
     results, seconds, count = [], 0.0, 0
     for i, batch in enumerate(loader):
         start = time.perf_counter()
-        detections = predictor.model.detect(batch.images, batch.image_sizes)
+        detections = model.detect(batch.images, batch.image_sizes)
         seconds += time.perf_counter() - start
         count += len(batch)
         results.extend(detections_to_coco(detections, batch, label_to_cat_id))

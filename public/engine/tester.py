@@ -62,9 +62,8 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
         result = score_shards(*predict_tta(predictor, loader, val_set.label_to_cat_id), val_set)
         timed = f"model + decoder over {len(passes)} passes + merging"
     elif is_onnx(path):
-        predictor = Predictor(model, decoder, cfg, device)
         loader = build_loader(cfg, val_set, False, device)
-        result = score_shards(*predict_batches(predictor, loader, val_set.label_to_cat_id), val_set)
+        result = score_shards(*predict_batches(model, loader, val_set.label_to_cat_id), val_set)
         timed = "ONNX Runtime session: model + decoder"
     else:
         loader = build_loader(cfg, val_set, False, device)
