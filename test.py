@@ -17,8 +17,8 @@ without either, 0.3.
     python test.py --config fcos/config.py --checkpoint CKPT --images photo.jpg|folder|'dir/*.jpg' --out DIR
     python test.py --config fcos/config.py --checkpoint CKPT --video clip.mp4 --out DIR
 
-Checkpoints: densedet's, or torchvision's FCOS / RetinaNet state dicts (with the matching
-config). Any config field can be overridden as key=value, e.g. tta_scales=(128,160,192).
+Checkpoints: densedet's, torchvision's FCOS / RetinaNet state dicts (with the matching
+config), or a model exported by export.py (.onnx, run with ONNX Runtime). Any config field can be overridden as key=value, e.g. tta_scales=(128,160,192).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ DEFAULT_CONFIG = "fcos/config_demo.py"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"a model's config file (default {DEFAULT_CONFIG})")
-    parser.add_argument("--checkpoint", required=True, help="densedet checkpoint or torchvision state dict")
+    parser.add_argument("--checkpoint", required=True, help="densedet checkpoint, torchvision state dict, or exported .onnx")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (config fields tta_*)")
     parser.add_argument("--save-thresholds", action="store_true",
                         help="evaluation: store the per-class F-measure thresholds in the checkpoint")
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             detect_video(cfg, args.checkpoint, args.video, out, args.score_thresh, args.tta)
         else:
             evaluate_report(cfg, args.checkpoint, args.tta, args.save_thresholds)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:   # ImportError: .onnx without onnxruntime
         print(f"error: {error}", file=sys.stderr)
         return 1
     except RuntimeError as error:

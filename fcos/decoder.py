@@ -33,6 +33,13 @@ class FCOSDecoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: dict, image_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        boxes, scores, labels, valid = self.candidates(outputs, image_sizes)
+        return nms_per_image(boxes, scores, labels, valid, outputs["cls_logits"].shape[-1], self.nms_thresh,
+                             self.max_det)
+
+    def candidates(self, outputs: dict, image_sizes: torch.Tensor):
+        """The top-k candidates before NMS (also what the ONNX export decodes in its graph):
+        boxes [B, K, 4] clipped xyxy, scores [B, K], labels [B, K], valid bool [B, K]."""
         cls_prob = outputs["cls_logits"].float().sigmoid()                  # [B, N, C]
         ctr_prob = outputs["centerness"].float().sigmoid()                  # [B, N]
         scores = torch.sqrt(cls_prob * ctr_prob[..., None])                 # [B, N, C]
@@ -44,4 +51,4 @@ class FCOSDecoder(nn.Module):
         if self.norm_reg_targets:
             distances = distances * outputs["strides"][locs][..., None]
         boxes = clip_boxes(decode_distances(outputs["points"][locs], distances), image_sizes)  # [B, K, 4]
-        return nms_per_image(boxes, top_scores, labels, valid, scores.shape[-1], self.nms_thresh, self.max_det)
+        return boxes, top_scores, labels, valid

@@ -30,10 +30,17 @@ class RetinaNetDecoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: dict, image_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        boxes, scores, labels, valid = self.candidates(outputs, image_sizes)
+        return nms_per_image(boxes, scores, labels, valid, outputs["cls_logits"].shape[-1], self.nms_thresh,
+                             self.max_det)
+
+    def candidates(self, outputs: dict, image_sizes: torch.Tensor):
+        """The top-k candidates before NMS (also what the ONNX export decodes in its graph):
+        boxes [B, K, 4] clipped xyxy, scores [B, K], labels [B, K], valid bool [B, K]."""
         scores = outputs["cls_logits"].float().sigmoid()                    # [B, N, C]
         top_scores, anchor_idx, labels, valid = topk_per_level(
             scores, scores > self.score_thresh, outputs["num_per_level"], self.topk)  # [B, K] each
         deltas = outputs["box_reg"].float().gather(1, anchor_idx[..., None].expand(-1, -1, 4))  # [B, K, 4]
         boxes = decode_deltas(outputs["anchors"][anchor_idx], deltas, self.box_coder_weights)  # [B, K, 4]
         boxes = clip_boxes(boxes, image_sizes)
-        return nms_per_image(boxes, top_scores, labels, valid, scores.shape[-1], self.nms_thresh, self.max_det)
+        return boxes, top_scores, labels, valid

@@ -140,6 +140,9 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
         for a missing or unreadable file. ``cfg`` is updated in place with a foreign
         checkpoint's settings (also returned in ``overrides``).
     """
+    if str(path).lower().endswith(".onnx"):  # an exported model, run with onnxruntime
+        from public.engine.onnx_runtime import load_onnx
+        return load_onnx(cfg, path, category_ids, class_names)
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     thresholds = None
     if is_densedet(checkpoint):

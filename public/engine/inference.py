@@ -99,6 +99,8 @@ class Predictor:
 
     def _forward(self, batch: Batch) -> list[dict]:
         """``batch`` on the device -> the decoder's detections in input pixels."""
+        if getattr(self.model, "runs_decoder", False):  # an exported graph (OnnxModel): pixels in, detections out
+            return self.model.detect(batch.images, batch.image_sizes)
         images = normalize(batch.images, batch.image_sizes)           # [B, 3, H, W] float32
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

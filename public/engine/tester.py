@@ -16,6 +16,7 @@ from public.engine.checkpoint import is_densedet, load_checkpoint, load_for_infe
 from public.engine.evaluator import EvalResult, evaluate, format_per_class, format_stats, score_shards
 from public.engine.inference import Predictor, filter_by_thresholds, predict_tta, tta_passes
 from public.engine.logger import setup_logging
+from public.engine.onnx_runtime import is_onnx, predict_batches
 from public.engine.report import (draw_detections, f_measure_thresholds, format_thresholds, thresholds_json,
                                   write_figures)
 from public.engine.trainer import amp_dtype_of, build_dataset, build_loader, prepare_demo_data
@@ -38,6 +39,9 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
     prepare_demo_data(cfg)
     val_set = build_dataset(cfg, train=False)
     loaded = load_for_inference(cfg, path, val_set.category_ids, val_set.class_names)
+    if save_thresholds and is_onnx(path):
+        raise ValueError(f"--save-thresholds stores thresholds in a .pth checkpoint, not in {path}: run it on the "
+                         f"checkpoint, then export again (the thresholds go into the ONNX file's metadata)")
     if save_thresholds and not loaded.densedet:
         raise ValueError(f"--save-thresholds needs a densedet checkpoint; {path} is a foreign state dict")
     if loaded.overrides:  # a foreign checkpoint's settings may change the eval transforms
@@ -57,6 +61,10 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
         predictor = Predictor(model, decoder, cfg, device, amp_dtype, cfg.channels_last)
         result = score_shards(*predict_tta(predictor, loader, val_set.label_to_cat_id), val_set, cfg.eval_backend)
         timed = f"model + decoder over {len(passes)} passes + merging"
+    elif is_onnx(path):
+        loader = build_loader(cfg, val_set, False, device)
+        result = score_shards(*predict_batches(model, loader, val_set.label_to_cat_id), val_set)
+        timed = "ONNX Runtime session: model + decoder"
     else:
         loader = build_loader(cfg, val_set, False, device)
         result = evaluate(model, decoder, loader, val_set, device, amp_dtype, cfg.channels_last, cfg.eval_backend)
@@ -115,9 +123,10 @@ class Detector:
 
     def __init__(self, cfg, path: str, score_thresh: float | None = None, tta: bool = False):
         self.device = dist_utils.init_distributed(cfg.device)
-        checkpoint = load_checkpoint(path)
-        # Ours names its classes; a foreign state dict takes them from the config's val json.
-        category_ids, class_names = (None, None) if is_densedet(checkpoint) else _dataset_categories(cfg)
+        checkpoint = None if is_onnx(path) else load_checkpoint(path)
+        # Ours (and an export) names its classes; a foreign state dict takes them from the config's val json.
+        category_ids, class_names = ((None, None) if checkpoint is None or is_densedet(checkpoint)
+                                     else _dataset_categories(cfg))
         loaded = load_for_inference(cfg, path, category_ids, class_names, checkpoint)
         self.class_names, self.category_ids = loaded.class_names, loaded.category_ids
         if score_thresh is not None:

@@ -64,13 +64,22 @@ def topk_per_level(scores: torch.Tensor, candidates: torch.Tensor, num_per_level
     start = 0
     for count in num_per_level:
         level = masked[:, start:start + count].reshape(B, -1)      # [B, N_l * C]
-        top_scores, top_idx = level.topk(min(k, level.shape[1]), dim=1)  # [B, k_l]
+        top_scores, top_idx = level.topk(_k_at_most(level, k), dim=1)  # [B, k_l]
         out_scores.append(top_scores)
         out_locs.append(top_idx + start * C)                       # flat index into N * C
         start += count
     top_scores = torch.cat(out_scores, dim=1)                      # [B, K]
     flat = torch.cat(out_locs, dim=1)                              # [B, K]
     return top_scores, flat // C, flat % C, top_scores >= 0
+
+
+def _k_at_most(level: torch.Tensor, k: int):
+    """min(k, level.shape[1]). Under ONNX tracing the level's size is a traced tensor, and a
+    Python ``min`` would freeze the traced input's size into the graph; a tensor minimum keeps
+    it dynamic (ONNX TopK takes k as a tensor)."""
+    if not torch.jit.is_tracing():
+        return min(k, level.shape[1])
+    return torch.clamp(torch._shape_as_tensor(level)[1], max=k)
 
 
 def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
