@@ -162,7 +162,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def metric_rows(work_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    """The rows of metrics.jsonl without their wall-clock time (which no two runs share)."""
+    rows = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
 
 
 @pytest.fixture(scope="module")
