@@ -85,10 +85,7 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
                         f"{world_size} process(es): batch_size={batch_size}, one batch per epoch")
     values["batch_size"] = batch_size
     total_batch = batch_size * world_size
-    if num_train_images >= batch_size * world_size:
-        iters_per_epoch = num_train_images // (batch_size * world_size)
-    else:
-        iters_per_epoch = 1
+    iters_per_epoch = max(1, num_train_images // total_batch)
     total_iters = iters_per_epoch * cfg.epochs
 
     # ---- freezing -----------------------------------------------------------------------
