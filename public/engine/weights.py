@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 
 import torch
 
@@ -22,12 +21,6 @@ def without_imagenet(cfg):
     build_cfg.pretrained = False
     build_cfg.backbone_weights = ""
     return build_cfg
-
-
-def full_checkpoint_follows(cfg) -> bool:
-    """Whether training will load a full model checkpoint: ``init_from`` or an existing resume file."""
-    resume = str(Path(cfg.work_dir) / "latest.pth") if cfg.resume == "auto" else cfg.resume
-    return bool(cfg.init_from) or bool(resume and Path(resume).is_file())
 
 
 def match_classes_by_name(state: dict, checkpoint_classes: dict, category_ids: list[int],
