@@ -41,6 +41,10 @@ class BaseConfig:
     max_size: int = 1333              # longer side cap
     test_min_size: int = 800          # shorter side at evaluation
     resize_mode: str = "keep_ratio"   # "keep_ratio" (paper) or "square" (min_size x min_size)
+    # How evaluation images are resized: "opencv" (bilinear on the uint8 image in the loader,
+    # sizes rounded) or "torchvision" (its GeneralizedRCNNTransform on the device: normalised
+    # float, bilinear interpolation, sizes floored), which torchvision checkpoints are scored with.
+    test_resize: str = "opencv"
     hflip_prob: float = 0.5           # probability of a horizontal flip at training
     size_divisible: int = 32          # batches are padded to a multiple of this
     aspect_ratio_grouping: bool = True  # training batches of landscape or of portrait images only (less padding)
@@ -100,6 +104,7 @@ class BaseConfig:
     reference_batch: int = 16         # the total batch that lr is meant for (the papers': 16)
     momentum: float = 0.9             # SGD momentum
     weight_decay: float = 1e-4        # not applied to norm layers and biases
+    weight_decay_1d: bool = False     # also decay biases, norm layers and Scales (torchvision's reference scripts)
     scheduler: str = "multistep"      # "multistep", "cosine" or "plateau" (ReduceLROnPlateau on mAP)
     # Epochs at which multistep multiplies the lr by lr_gamma: values below 1 are fractions of
     # `epochs` (the default is 8/12 and 11/12: the 1x recipe at 12 epochs, the 2x at 24), whole

@@ -20,6 +20,7 @@ class Config(BaseConfig):
     centerness_on_reg: bool = True      # centerness branch on the regression tower (imprv)
     reg_bias_init: float = 1.0          # initial l,t,r,b in strides with norm_reg_targets (keeps the relu alive from scratch); official/torchvision: 0.0
     location_offset: float = 0.5        # locations at (x + 0.5) * stride (official); torchvision: 0.0
+    location_steps: str = "stride"      # spacing of a level's locations: its stride, or "torchvision": padded size // cells
     # Assignment.
     center_sampling_radius: float = 1.5 # in strides; 0 disables center sampling
     scale_boundaries: tuple = (64, 128, 256, 512)  # max(l,t,r,b) ranges of P3..P7
@@ -34,7 +35,8 @@ class Config(BaseConfig):
     score_thresh_on: str = "cls"        # threshold the class probability (official) or "combined" sqrt(cls*ctr) (torchvision)
     nms_thresh = 0.6
 
-    _decisive_keys = BaseConfig._decisive_keys + ("norm_reg_targets", "centerness_on_reg", "location_offset")
+    _decisive_keys = BaseConfig._decisive_keys + ("norm_reg_targets", "centerness_on_reg", "location_offset",
+                                                   "location_steps")
 
     def build_model(self, num_classes: int):
         from fcos.model import FCOS

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from public.models.torchvision_compat import backbone_of, class_rows
+from public.models.torchvision_compat import TORCHVISION_PREPROCESSING, backbone_of, class_rows
 
 logger = logging.getLogger("densedet")
 
@@ -14,6 +14,7 @@ logger = logging.getLogger("densedet")
 TORCHVISION_SETTINGS = {
     "backbone": "resnet50", "fpn_channels": 256, "p6_from": "p5", "num_convs": 4, "head_norm": "GN",
     "norm_reg_targets": True, "centerness_on_reg": True, "location_offset": 0.0,
+    "location_steps": "torchvision",
     "center_sampling_radius": 1.5, "scale_boundaries": (64, 128, 256, 512),
     "box_loss": "giou", "box_loss_weighting": "none",
     "score_thresh": 0.2, "score_thresh_on": "combined", "topk_candidates": 1000,
@@ -43,7 +44,8 @@ def from_torchvision(state_dict: dict, category_ids: list[int], class_names: lis
     (fine-tuning) or refuses (evaluation). The backbone (ResNet-18 ... ResNeXt-101) is read
     from the weights.
 
-    Returns (state dict, TORCHVISION_SETTINGS with the backbone found).
+    Returns (state dict, TORCHVISION_SETTINGS with the backbone found and torchvision's
+    evaluation preprocessing, ``TORCHVISION_PREPROCESSING``).
     """
     if not is_torchvision_fcos(state_dict):
         return None
@@ -62,4 +64,4 @@ def from_torchvision(state_dict: dict, category_ids: list[int], class_names: lis
         del out["head.cls_logits.weight"], out["head.cls_logits.bias"]
     for level in range(5):  # torchvision's FCOS has no per-level Scale: the identity
         out[f"head.scales.{level}.scale"] = torch.tensor(1.0)
-    return out, {**TORCHVISION_SETTINGS, "backbone": backbone_of(state_dict)}
+    return out, {**TORCHVISION_SETTINGS, **TORCHVISION_PREPROCESSING, "backbone": backbone_of(state_dict)}

@@ -83,13 +83,15 @@ class FCOS(nn.Module):
         self.head = FCOSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.head_norm, cfg.prior_prob,
                              cfg.norm_reg_targets, cfg.centerness_on_reg, reg_bias_init=cfg.reg_bias_init)
         self.location_offset = cfg.location_offset
+        self.torchvision_steps = cfg.location_steps == "torchvision"
         self.num_classes = num_classes
 
     def forward(self, images: torch.Tensor) -> dict:
         features = list(self.backbone(images).values())   # P3..P7
         cls_logits, box_reg, centerness = self.head(features)
         points, strides, num_per_level = grid_points(
-            [f.shape[-2:] for f in features], FPN_STRIDES, self.location_offset, images.device)
+            [f.shape[-2:] for f in features], FPN_STRIDES, self.location_offset, images.device,
+            image_size=tuple(images.shape[-2:]) if self.torchvision_steps else None)
         return {"cls_logits": cls_logits, "box_reg": box_reg, "centerness": centerness,
                 "points": points, "strides": strides, "num_per_level": num_per_level,
                 "feature_sizes": [tuple(f.shape[-2:]) for f in features]}

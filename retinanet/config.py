@@ -23,6 +23,7 @@ class Config(BaseConfig):
     anchor_scales_per_octave: int = 3   # sizes x (2^0, 2^(1/3), 2^(2/3))
     aspect_ratios: tuple = (0.5, 1.0, 2.0)  # height / width
     anchor_offset: float = 0.5          # centres at (x + offset) * stride; Detectron ~0.5, torchvision 0.0
+    location_steps: str = "stride"      # spacing of a level's anchor centres: its stride, or "torchvision": padded size // cells
     anchor_int_sizes: bool = False      # truncate sizes to ints (torchvision: int(32 * 2 ** (1/3)) = 40)
     anchor_round_corners: bool = False  # round centred anchor corners to ints (torchvision's AnchorGenerator)
     # Assignment (paper Sec. 4: IoU >= 0.5 foreground, < 0.4 background, in between ignored).
@@ -44,8 +45,8 @@ class Config(BaseConfig):
     detections_per_img = 100
 
     _decisive_keys = BaseConfig._decisive_keys + (
-        "anchor_octave_base", "anchor_scales_per_octave", "aspect_ratios", "anchor_offset", "anchor_int_sizes",
-        "anchor_round_corners", "box_coder_weights")
+        "anchor_octave_base", "anchor_scales_per_octave", "aspect_ratios", "anchor_offset", "location_steps",
+        "anchor_int_sizes", "anchor_round_corners", "box_coder_weights")
 
     def build_model(self, num_classes: int):
         from retinanet.model import RetinaNet

@@ -7,16 +7,18 @@ import re
 
 import torch
 
-from public.models.torchvision_compat import backbone_of, class_rows
+from public.models.torchvision_compat import TORCHVISION_PREPROCESSING, backbone_of, class_rows
 
 logger = logging.getLogger("densedet")
 
 # Config values under which densedet's RetinaNet computes what torchvision's v1 does.
 TORCHVISION_SETTINGS = {
     "backbone": "resnet50", "fpn_channels": 256, "p6_from": "p5", "num_convs": 4, "head_norm": "none",
-    # _default_anchorgen: sizes int(x * 2 ** (k / 3)) for x in 32..512, corners rounded, centres at x * stride
+    # _default_anchorgen: sizes int(x * 2 ** (k / 3)) for x in 32..512, corners rounded, centres at
+    # x * (padded size // cells), which is x * stride where the padded size is a multiple of it
     "anchor_octave_base": 4.0, "anchor_scales_per_octave": 3, "aspect_ratios": (0.5, 1.0, 2.0),
-    "anchor_offset": 0.0, "anchor_int_sizes": True, "anchor_round_corners": True,
+    "anchor_offset": 0.0, "location_steps": "torchvision", "anchor_int_sizes": True,
+    "anchor_round_corners": True,
     "fg_iou_thresh": 0.5, "bg_iou_thresh": 0.4, "allow_low_quality_matches": True,
     "focal_alpha": 0.25, "focal_gamma": 2.0, "box_loss": "l1", "box_coder_weights": (1.0, 1.0, 1.0, 1.0),
     "loss_normalizer": "per_image",
@@ -71,7 +73,8 @@ def from_torchvision(state_dict: dict, category_ids: list[int], class_names: lis
       (``overwrite_eps(model, 0.0)``); for files in the pre-0.13 layout the running variances
       are lowered by our eps (1e-5) so that our frozen BN computes the same.
 
-    Returns (state dict, TORCHVISION_SETTINGS or TORCHVISION_V2_SETTINGS).
+    Returns (state dict, TORCHVISION_SETTINGS or TORCHVISION_V2_SETTINGS, with the backbone found
+    and torchvision's evaluation preprocessing, ``TORCHVISION_PREPROCESSING``).
     """
     if not is_torchvision_retinanet(state_dict):
         return None
@@ -122,4 +125,4 @@ def from_torchvision(state_dict: dict, category_ids: list[int], class_names: lis
     settings = dict(TORCHVISION_V2_SETTINGS if has_norm else TORCHVISION_SETTINGS)
     settings["p6_from"] = "p5" if p6_in == fpn_channels else "c5"
     settings["backbone"] = backbone_of(state_dict)
-    return out, settings
+    return out, {**settings, **TORCHVISION_PREPROCESSING}

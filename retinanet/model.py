@@ -61,6 +61,7 @@ class RetinaNet(nn.Module):
         self.aspect_ratios = tuple(float(r) for r in cfg.aspect_ratios)
         self.anchor_offset = cfg.anchor_offset
         self.anchor_round_corners = cfg.anchor_round_corners
+        self.torchvision_steps = cfg.location_steps == "torchvision"
         num_anchors = cfg.anchor_scales_per_octave * len(self.aspect_ratios)
         self.head = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes, cfg.num_convs, cfg.head_norm,
                                   cfg.prior_prob)
@@ -71,6 +72,7 @@ class RetinaNet(nn.Module):
         cls_logits, box_reg = self.head(features)
         anchors, num_per_level = grid_anchors(
             [f.shape[-2:] for f in features], FPN_STRIDES, self.anchor_sizes, self.aspect_ratios,
-            self.anchor_offset, images.device, round_corners=self.anchor_round_corners)
+            self.anchor_offset, images.device, round_corners=self.anchor_round_corners,
+            image_size=tuple(images.shape[-2:]) if self.torchvision_steps else None)
         return {"cls_logits": cls_logits, "box_reg": box_reg, "anchors": anchors, "num_per_level": num_per_level,
                 "feature_sizes": [tuple(f.shape[-2:]) for f in features], "level_strides": FPN_STRIDES}

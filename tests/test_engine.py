@@ -97,3 +97,12 @@ def test_non_finite_loss_stops_with_loss_dict_and_image_ids():
     with pytest.raises(FloatingPointError, match=r"loss_cls.*nan.*\[17, 42\]"):
         train_one_epoch(model, loss_fn, optimizer, LRScheduler(optimizer, cfg, 1),
                         torch.amp.GradScaler("cpu", enabled=False), [batch], torch.device("cpu"), 0, cfg, None)
+
+
+def test_weight_decay_groups():
+    """1-D parameters (biases, norm layers, Scales) are not decayed unless weight_decay_1d."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    for flag, expected in ((False, {1e-4: 1, 0.0: 3}), (True, {1e-4: 4, 0.0: 0})):
+        cfg = DemoConfig(optimizer="sgd", weight_decay=1e-4, weight_decay_1d=flag)
+        groups = build_optimizer(cfg, model).param_groups
+        assert {g["weight_decay"]: len(g["params"]) for g in groups} == expected

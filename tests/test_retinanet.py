@@ -17,6 +17,7 @@ from public.ops.matcher import max_iou_assign, max_iou_assign_sparse
 from helpers import demo_subset, load_converted, overfit, perturb_for_oracle, random_targets, with_coco_names
 from retinanet.config import Config
 from retinanet.config_demo import Config as DemoConfig
+from public.models.torchvision_compat import TORCHVISION_PREPROCESSING
 from retinanet.convert import TORCHVISION_SETTINGS, TORCHVISION_V2_SETTINGS, from_torchvision
 
 NUM_CLASSES = 91  # torchvision's COCO layout: class index = category id
@@ -31,7 +32,8 @@ def models(request):
     perturb_for_oracle(tv)
     cfg = Config(pretrained=False)
     state, settings = from_torchvision(tv.state_dict(), list(range(NUM_CLASSES)))
-    assert settings == (TORCHVISION_SETTINGS if request.param == "v1" else TORCHVISION_V2_SETTINGS)
+    assert settings == {**(TORCHVISION_SETTINGS if request.param == "v1" else TORCHVISION_V2_SETTINGS),
+                        **TORCHVISION_PREPROCESSING}
     cfg.update(settings)
     ours = load_converted(cfg, state, NUM_CLASSES)
     return tv, ours, cfg
@@ -161,7 +163,7 @@ def test_convert_legacy_layout_and_unknown_dicts():
         legacy[key] = value
     new_state, _ = from_torchvision(current, list(range(NUM_CLASSES)))
     old_state, settings = from_torchvision(legacy, list(range(NUM_CLASSES)))
-    assert settings == TORCHVISION_SETTINGS and new_state.keys() == old_state.keys()
+    assert settings == {**TORCHVISION_SETTINGS, **TORCHVISION_PREPROCESSING} and new_state.keys() == old_state.keys()
     for key in new_state:
         if key.endswith("running_var") and key.startswith("backbone.body."):
             # torchvision runs the published COCO v1 weights with FrozenBatchNorm eps = 0

@@ -29,6 +29,52 @@ def normalize(images: torch.Tensor, image_sizes: torch.Tensor | None = None) -> 
     return out
 
 
+class TorchvisionResize:
+    """torchvision's evaluation preprocessing (``GeneralizedRCNNTransform`` in eval mode) on a
+    batch of original images, for checkpoints trained by torchvision (``test_resize="torchvision"``).
+
+    Each image is taken as float in [0, 1], normalised with torchvision's ImageNet mean/std,
+    resized by ``min(min_size / short side, max_size / long side)`` with bilinear
+    interpolation (output sides floored), and the batch zero-padded to a multiple of
+    ``size_divisible``: exactly the tensors torchvision's detection models see. The densedet
+    default (``"opencv"``) resizes uint8 images in the loader and rounds the sizes, which moves
+    a torchvision model's boxes by a fraction of a pixel and its AP in the third decimal.
+
+    Called on a ``Batch`` of uint8 originals (no resize in the loader) on the device; returns
+    it with float32 normalised ``images`` [B, 3, H', W'], the resized ``image_sizes`` and the
+    ``scales`` and ``targets`` updated (resized = original * scale).
+    """
+
+    def __init__(self, min_size: int, max_size: int, size_divisible: int = 32):
+        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+        self.transform = GeneralizedRCNNTransform(
+            min_size, max_size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+            size_divisible=size_divisible).eval()
+
+    def __call__(self, batch):
+        # Per image: the sizes differ (torchvision loops over the list the same way).
+        originals = [batch.images[i, :, :h, :w].float() / 255  # [3, h, w], as to_tensor reads an image
+                     for i, (h, w) in enumerate(batch.image_sizes.tolist())]
+        image_list, _ = self.transform(originals)
+        sizes = torch.tensor(image_list.image_sizes, dtype=torch.int64, device=batch.images.device)  # [B, 2]
+        ratio = sizes.flip(1).float() / batch.image_sizes.flip(1).float()                             # [B, 2] (sx, sy)
+        targets = batch.targets.clone()                                                               # [B, M, 5]
+        real = targets[..., 4] >= 0
+        targets[..., :4] = torch.where(real[..., None], targets[..., :4] * ratio.repeat(1, 2)[:, None, :],
+                                       targets[..., :4])
+        return dataclasses.replace(batch, images=image_list.tensors, image_sizes=sizes,
+                                   scales=batch.scales * ratio, targets=targets)
+
+
+def eval_resize(cfg):
+    """The device-side evaluation resize of ``cfg`` (``TorchvisionResize``), or None when the
+    loader resizes (``test_resize="opencv"``, the default)."""
+    if getattr(cfg, "test_resize", "opencv") != "torchvision":
+        return None
+    return TorchvisionResize(cfg.test_min_size, cfg.max_size, cfg.size_divisible)
+
+
 class Prefetcher:
     """Iterate a DataLoader of `Batch`; yield each batch on `device` with normalised float32 images.
 
@@ -40,19 +86,26 @@ class Prefetcher:
         loader: iterable of `Batch` with a length (a DataLoader).
         device: where the batches go.
         channels_last: also convert images to channels_last memory format.
+        resize: a device-side resize that also normalises (``eval_resize``), for batches of
+            original images; None: the loader has resized them.
     """
 
-    def __init__(self, loader, device, channels_last: bool = False):
+    def __init__(self, loader, device, channels_last: bool = False, resize=None):
         self.loader = loader
         self.device = torch.device(device)
         self.channels_last = channels_last
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def _prepare(self, batch):
         batch = batch.to(self.device, non_blocking=True)
-        images = normalize(batch.images, batch.image_sizes)  # [B, 3, H, W] float32
+        if self.resize is not None:
+            batch = self.resize(batch)
+            images = batch.images                            # [B, 3, H', W'] float32, normalised
+        else:
+            images = normalize(batch.images, batch.image_sizes)  # [B, 3, H, W] float32
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return dataclasses.replace(batch, images=images)

@@ -113,11 +113,17 @@ def build_transforms(cfg, train: bool) -> Compose:
     """Training or evaluation transforms from a config.
 
     Reads cfg.min_size (tuple of ints), cfg.max_size, cfg.multiscale_mode ("choice"|"range"),
-    cfg.resize_mode ("keep_ratio"|"square"), cfg.hflip_prob and cfg.test_min_size.
+    cfg.resize_mode ("keep_ratio"|"square"), cfg.hflip_prob, cfg.test_min_size and
+    cfg.test_resize: with "torchvision" the evaluation images stay as read (no transform) and
+    are resized on the device (``public.data.prefetcher.TorchvisionResize``).
     """
     if cfg.resize_mode not in ("keep_ratio", "square"):
         raise ValueError(f"resize_mode must be 'keep_ratio' or 'square', got {cfg.resize_mode!r}")
     square = cfg.resize_mode == "square"
+    if not train and getattr(cfg, "test_resize", "opencv") == "torchvision":
+        if square:
+            raise ValueError("test_resize='torchvision' keeps the aspect ratio: it needs resize_mode='keep_ratio'")
+        return Compose([])
     if train:
         return Compose([
             Resize(tuple(cfg.min_size), cfg.max_size, cfg.multiscale_mode, square),

@@ -71,6 +71,8 @@ def check_config(cfg, training: bool = True) -> None:
     c.number("test_min_size", 1, integer=True)
     c.choice("multiscale_mode", ("choice", "range"))
     c.choice("resize_mode", ("keep_ratio", "square"))
+    c.choice("test_resize", ("opencv", "torchvision"))
+    c.choice("location_steps", ("stride", "torchvision"))
     c.number("hflip_prob", 0, 1)
     c.number("size_divisible", 1, integer=True)
     c.number("num_workers", 0, integer=True)

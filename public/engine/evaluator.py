@@ -61,13 +61,14 @@ def detections_to_coco(detections: list[dict], batch, label_to_cat_id: list[int]
 
 @torch.no_grad()
 def predict(model, decoder, loader, device, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-            label_to_cat_id: list[int] | None = None, log_interval: int = 50):
-    """This process's shard -> (COCO result dicts, seconds per image of model + decoder)."""
+            label_to_cat_id: list[int] | None = None, log_interval: int = 50, resize=None):
+    """This process's shard -> (COCO result dicts, seconds per image of model + decoder).
+    ``resize``: a device-side resize for loaders of original images (``prefetcher.eval_resize``)."""
     was_training = model.training
     model.eval()
     results, compute_time, num_images = [], 0.0, 0
     total = len(loader)
-    bar = progress(Prefetcher(loader, device, channels_last), total, "evaluating", leave=False)
+    bar = progress(Prefetcher(loader, device, channels_last, resize), total, "evaluating", leave=False)
     for i, batch in enumerate(bar):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -158,10 +159,12 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int] | None = No
 
 
 def evaluate(model, decoder, loader, dataset, device, amp_dtype=None, channels_last=False,
-             backend: str = "pycocotools") -> EvalResult:
+             backend: str = "pycocotools", resize=None) -> EvalResult:
     """Predict this process's shard, gather all shards on the main process, score there, and
-    return the same metrics on every process (per-class details on the main one only)."""
-    results, seconds = predict(model, decoder, loader, device, amp_dtype, channels_last, dataset.label_to_cat_id)
+    return the same metrics on every process (per-class details on the main one only).
+    ``resize``: as for ``predict``."""
+    results, seconds = predict(model, decoder, loader, device, amp_dtype, channels_last, dataset.label_to_cat_id,
+                               resize=resize)
     return score_shards(results, seconds, dataset, backend)
 
 

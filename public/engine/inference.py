@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from public.data.collate import Batch, collate
-from public.data.prefetcher import normalize
+from public.data.prefetcher import eval_resize, normalize
 from public.data.transforms import Compose, RandomHorizontalFlip, Resize, build_transforms
 from public.engine.evaluator import detections_to_coco
 from public.engine.logger import periodic_extra, progress
@@ -84,6 +84,7 @@ class Predictor:
         self.device = torch.device(device)
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
         self.transforms = build_transforms(cfg, train=False)
+        self.resize = eval_resize(cfg)  # test_resize="torchvision": resized on the device, after transforms
         self.seconds, self.num_images = 0.0, 0
 
     @property
@@ -101,7 +102,10 @@ class Predictor:
         """``batch`` on the device -> the decoder's detections in input pixels."""
         if getattr(self.model, "runs_decoder", False):  # an exported graph (OnnxModel): pixels in, detections out
             return self.model.detect(batch.images, batch.image_sizes)
-        images = normalize(batch.images, batch.image_sizes)           # [B, 3, H, W] float32
+        if batch.images.is_floating_point():                          # normalised by ``self.resize``
+            images = batch.images
+        else:
+            images = normalize(batch.images, batch.image_sizes)       # [B, 3, H, W] float32
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -117,6 +121,8 @@ class Predictor:
         samples = [image if isinstance(image, dict) else _sample(image) for image in images]
         if not tta:
             batch = self._batch(samples, self.transforms).to(self.device)
+            if self.resize is not None and not getattr(self.model, "runs_decoder", False):
+                batch = self.resize(batch)
             self._sync()
             start = time.perf_counter()
             detections = to_original(self._forward(batch), batch)

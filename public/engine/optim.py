@@ -11,11 +11,12 @@ from public.engine.resolve import step_epochs
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum (the papers' recipe) or AdamW; weight decay on conv/linear weights
-    only, not on biases, norm layers and per-level scales (1-D parameters)."""
+    only, not on biases, norm layers and per-level scales (1-D parameters), unless
+    ``weight_decay_1d`` (every parameter decayed, as torchvision's reference scripts do)."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            (no_decay if param.ndim <= 1 and not cfg.weight_decay_1d else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)

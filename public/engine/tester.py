@@ -13,6 +13,7 @@ import torch
 
 from public.engine import distributed as dist_utils
 from public.engine.checkpoint import is_densedet, load_checkpoint, load_for_inference, save_checkpoint
+from public.data.prefetcher import eval_resize
 from public.engine.evaluator import EvalResult, evaluate, format_per_class, format_stats, score_shards
 from public.engine.inference import Predictor, filter_by_thresholds, predict_tta, tta_passes
 from public.engine.logger import setup_logging
@@ -67,7 +68,8 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
         timed = "ONNX Runtime session: model + decoder"
     else:
         loader = build_loader(cfg, val_set, False, device)
-        result = evaluate(model, decoder, loader, val_set, device, amp_dtype, cfg.channels_last, cfg.eval_backend)
+        result = evaluate(model, decoder, loader, val_set, device, amp_dtype, cfg.channels_last, cfg.eval_backend,
+                          eval_resize(cfg))
         timed = "model + decoder"
     wall = time.perf_counter() - start
     if not main:

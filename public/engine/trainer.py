@@ -17,7 +17,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Seque
 from public.data.coco import CocoDetection
 from public.data.collate import collate
 from public.data.demo import DEMO_ROOT, ensure_demo_data
-from public.data.prefetcher import Prefetcher
+from public.data.prefetcher import Prefetcher, eval_resize
 from public.data.sampler import GroupedBatchSampler
 from public.data.seeding import EpochBatches, EpochSamples
 from public.data.transforms import build_transforms
@@ -248,7 +248,7 @@ def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, 
     depend on whether this ran (or ran again on resume)."""
     with preserved_rng():
         result = evaluate(model, decoder, pausable(val_loader, f"eval:{epoch}"), val_set, device, amp_dtype,
-                          cfg.channels_last, cfg.eval_backend)
+                          cfg.channels_last, cfg.eval_backend, eval_resize(cfg))
     scheduler.step_metric(result.stats[0])
     if dist_utils.is_main_process():
         work_dir = Path(cfg.work_dir)
@@ -319,7 +319,7 @@ def evaluate_checkpoint(cfg, path: str) -> EvalResult:
     loader = build_loader(cfg, val_set, False, device)
     start = time.perf_counter()
     result = evaluate(model, cfg.build_decoder(), loader, val_set, device, amp_dtype_of(cfg), cfg.channels_last,
-                      cfg.eval_backend)
+                      cfg.eval_backend, eval_resize(cfg))
     if dist_utils.is_main_process():
         logger.info("evaluated %s on %s (%d images) in %.1fs, %.1f ms/image (model+decoder)", path,
                     cfg.val_annotations, len(val_set), time.perf_counter() - start, 1000 * result.seconds_per_image)

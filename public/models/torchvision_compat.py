@@ -12,6 +12,10 @@ from torchvision.models._meta import _COCO_CATEGORIES
 
 logger = logging.getLogger("densedet")
 
+# How torchvision's detection models see an image (its GeneralizedRCNNTransform), added to the
+# settings of every converted torchvision checkpoint so that it is scored on the same pixels.
+TORCHVISION_PREPROCESSING = {"test_resize": "torchvision"}
+
 # Index = COCO category id; "__background__" at 0 and "N/A" for the 11 unused ids (91 rows).
 COCO_CATEGORY_NAMES = tuple(_COCO_CATEGORIES)
 

@@ -4,11 +4,27 @@ from __future__ import annotations
 import torch
 
 
+def grid_steps(image_size: tuple[int, int] | None, feature_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(step_y, step_x) between the locations of one level, in pixels.
+
+    ``image_size`` None: the level's stride. Given (the padded input's (H, W)): ``H // h`` and
+    ``W // w``, torchvision's AnchorGenerator rule, which equals the stride when the padded size
+    is a multiple of it and is smaller otherwise: at an 800 x 1344 input, P6 (13 x 21 cells) is
+    spaced 61 x 64 and P7 (7 x 11) 114 x 122 instead of 64 and 128, so its far locations sit up
+    to ~90 px from where the stride puts them. The regression unit stays the stride.
+    """
+    if image_size is None:
+        return stride, stride
+    return int(image_size[0]) // int(feature_size[0]), int(image_size[1]) // int(feature_size[1])
+
+
 def grid_points(
     feature_sizes: list[tuple[int, int]],
     strides: list[int],
     offset: float,
     device: torch.device,
+    *,
+    image_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Centres of every feature-map cell of every level, in input pixels.
 
@@ -18,6 +34,8 @@ def grid_points(
         offset: where in its cell a location sits, as a fraction of the stride. The FCOS and
             ATSS papers' code use 0.5 (cell centre, ``x * s + s // 2``); torchvision's FCOS and
             RetinaNet use 0.0 (cell corner, ``x * s``).
+        image_size: (H, W) of the padded input: given, locations are spaced by
+            ``grid_steps(image_size, (h, w), stride)`` (torchvision's rule) instead of the stride.
 
     Returns:
         points: float32 [N, 2] (x, y), level by level, row-major within a level.
@@ -26,8 +44,9 @@ def grid_points(
     """
     points, point_strides, num_per_level = [], [], []
     for (h, w), stride in zip(feature_sizes, strides):
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + offset) * stride
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + offset) * stride
+        step_y, step_x = grid_steps(image_size, (h, w), stride)
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + offset) * step_x
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + offset) * step_y
         y, x = torch.meshgrid(ys, xs, indexing="ij")                    # [H, W] each
         points.append(torch.stack([x.reshape(-1), y.reshape(-1)], 1))   # [H*W, 2]
         point_strides.append(torch.full((h * w,), float(stride), device=device))
@@ -88,6 +107,7 @@ def grid_anchors(
     device: torch.device,
     *,
     round_corners: bool = False,
+    image_size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Anchors of every location of every level, in input pixels.
 
@@ -99,6 +119,8 @@ def grid_anchors(
         offset: anchor centres at ((x + offset) * stride, (y + offset) * stride); torchvision
             uses 0.0, the papers' code (Detectron) about 0.5.
         round_corners: round the centred anchors' corners to integers (torchvision).
+        image_size: (H, W) of the padded input: given, anchor centres are spaced by
+            ``grid_steps`` (torchvision's rule) instead of the stride.
 
     Returns:
         anchors: float32 [N, 4] xyxy; order: level, then row-major location, then anchor
@@ -108,8 +130,9 @@ def grid_anchors(
     anchors, num_per_level = [], []
     for (h, w), stride, sizes in zip(feature_sizes, strides, sizes_per_level):
         base = cell_anchors(sizes, aspect_ratios, round_corners, device)  # [A, 4]
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + offset) * stride
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + offset) * stride
+        step_y, step_x = grid_steps(image_size, (h, w), stride)
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + offset) * step_x
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + offset) * step_y
         y, x = torch.meshgrid(ys, xs, indexing="ij")                     # [H, W] each
         x, y = x.reshape(-1), y.reshape(-1)
         shifts = torch.stack([x, y, x, y], dim=1)                         # [H*W, 4]
