@@ -15,7 +15,7 @@ import pytest
 
 from config import load_config
 from helpers import CapturedLog
-from public.data.check import check, level_rule, main as check_main
+from public.data.check import check, level_rule, level_spread_hint, main as check_main
 from public.data.coco import CocoDetection
 from public.data.validate import DatasetError, check_same_classes, validate_coco
 from public.engine.evaluator import coco_evaluate
@@ -426,6 +426,27 @@ def test_level_rules_by_hand():
     assert level.tolist() == [0, 0, 1, 4] and large.tolist() == [False, False, False, True]
     ssc = level_rule(load_config("atss/config.py", ["positive_type=SSC"]))
     assert ssc.kind == "max_side" and math.isinf(ssc.bounds[-1])
+
+
+def test_level_spread_hint():
+    """Boxes crowded on one level get the smallest power-of-2 change of the level key that
+    spreads them; boxes already spread, or no change that helps, get no suggestion."""
+    rng = np.random.default_rng(0)
+    small = rng.uniform(20, 100, (200, 2))   # max side / 2 <= 50: all on P3 under (64, 128, 256, 512)
+    hint = level_spread_hint(load_config("fcos/config.py"), small)
+    # halved: P3 while max side / 2 <= 32 (max side <= 64), P4 above; no box narrower than 16 px on P4
+    on_p4 = (small.max(axis=1) / 2 > 32).mean()
+    assert hint.startswith("100% of the boxes go to P3 under scale_boundaries=(64, 128, 256, 512)")
+    assert f"scale_boundaries=(32, 64, 128, 256) spreads them (P3 {1 - on_p4:.0%}, P4 {on_p4:.0%})" in hint
+    spread = np.concatenate([small, rng.uniform(150, 250, (100, 2)), rng.uniform(300, 500, (100, 2))])
+    assert level_spread_hint(load_config("fcos/config.py"), spread) is None
+    # ATSS: octave_base_scale 8 -> 4 (anchors 32, 64, ...) moves the boxes over 45 px to P4
+    hint = level_spread_hint(load_config("atss/config.py"), small)
+    assert "under octave_base_scale=8.0" in hint and "octave_base_scale=4.0 spreads them" in hint
+    # boxes of 6-9 px stay on P3 under every factor tried: the crowding is said, no value suggested
+    tiny = rng.uniform(6, 9, (50, 2))
+    assert level_spread_hint(load_config("fcos/config.py"), tiny) == (
+        "100% of the boxes go to P3 under scale_boundaries=(64, 128, 256, 512): the other levels learn from few")
 
 
 def test_check_images_modes(tmp_path):

@@ -113,6 +113,57 @@ def level_rule(cfg) -> LevelRule | None:
     return None
 
 
+# The factors tried on the key that moves boxes between levels (level_spread_hint).
+_LEVEL_FACTORS = (0.5, 2.0, 0.25, 4.0, 0.125)  # the smallest change first
+CROWDED_SHARE = 0.9   # one level with this share of the boxes or more: the others learn from few
+
+
+def _level_key(cfg, rule: LevelRule) -> str:
+    if rule.kind == "max_side":
+        return "scale_boundaries"
+    return "anchor_octave_base" if hasattr(cfg, "anchor_octave_base") else "octave_base_scale"
+
+
+def level_spread_hint(cfg, wh: np.ndarray) -> str | None:
+    """One line when CROWDED_SHARE or more of the boxes ``wh`` [N, 2] (sizes after the resize)
+    go to a single level; None otherwise. It names the value of the model's level key
+    (scale_boundaries for FCOS, anchor_octave_base for RetinaNet, octave_base_scale for ATSS),
+    scaled by a power of 2: the smallest change that brings the largest share below
+    CROWDED_SHARE, else the one that spreads them best (lowers the largest share by 0.2 or more),
+    never one that makes more than 2% more of the boxes too small for their level."""
+    import copy
+
+    rule = level_rule(cfg)
+    if rule is None or len(wh) == 0:
+        return None
+    key = _level_key(cfg, rule)
+    level, too_small, _ = rule.assign(wh)
+    shares = np.bincount(level, minlength=len(FPN_STRIDES)) / len(level)
+    if shares.max() < CROWDED_SHARE:
+        return None
+    line = (f"{shares.max():.0%} of the boxes go to {LEVEL_NAMES[int(shares.argmax())]} under "
+            f"{key}={getattr(cfg, key)!r}: the other levels learn from few")
+    best = None
+    for factor in _LEVEL_FACTORS:
+        value = getattr(cfg, key)
+        scaled = tuple(type(v)(v * factor) for v in value) if isinstance(value, tuple) else value * factor
+        trial = copy.copy(cfg)
+        setattr(trial, key, scaled)
+        trial_level, trial_small, _ = level_rule(trial).assign(wh)
+        trial_shares = np.bincount(trial_level, minlength=len(FPN_STRIDES)) / len(trial_level)
+        if trial_small.sum() > too_small.sum() + 0.02 * len(wh):
+            continue
+        if trial_shares.max() < CROWDED_SHARE:
+            best = (scaled, trial_shares)
+            break
+        if best is None or trial_shares.max() < best[1].max():
+            best = (scaled, trial_shares)
+    if best is not None and (best[1].max() < CROWDED_SHARE or best[1].max() <= shares.max() - 0.2):
+        spread = ", ".join(f"{name} {share:.0%}" for name, share in zip(LEVEL_NAMES, best[1]) if share >= 0.005)
+        line += f"; {key}={best[0]!r} spreads them ({spread})"
+    return line
+
+
 # ---- statistics ----------------------------------------------------------------------------
 def resized_box_sizes(report: Validation, cfg, train: bool) -> tuple[np.ndarray, int]:
     """Box (w, h) [N, 2] after the config's resize, and the shorter side used: the test size for
@@ -270,6 +321,9 @@ def check(cfg, decode: bool = False, plot_to: str | None = None, out=sys.stdout)
     if rule is not None and splits:
         for line in level_lines(rule, splits):
             say(line)
+        hint = level_spread_hint(cfg, splits["train"][0]) if "train" in splits else None
+        if hint:
+            say(f"  train: {hint}")
         say()
     if plot_to and "train" in ready:
         plot(ready, splits, rule, Path(plot_to))
