@@ -15,7 +15,7 @@ import pytest
 
 from config import load_config
 from helpers import CapturedLog
-from public.data.check import check, level_rule, level_spread_hint, main as check_main
+from public.data.check import check, level_rule, level_spread_hint, level_warnings, main as check_main
 from public.data.coco import CocoDetection
 from public.data.validate import DatasetError, check_same_classes, validate_coco
 from public.engine.evaluator import coco_evaluate
@@ -447,6 +447,21 @@ def test_level_spread_hint():
     tiny = rng.uniform(6, 9, (50, 2))
     assert level_spread_hint(load_config("fcos/config.py"), tiny) == (
         "100% of the boxes go to P3 under scale_boundaries=(64, 128, 256, 512): the other levels learn from few")
+
+
+def test_level_warnings_at_train_start():
+    """train.py's start: boxes that no anchor matches well, and crowding on one level."""
+    rng = np.random.default_rng(0)
+    cfg = load_config("retinanet/config.py")
+    # 40-100 px: IoU >= 0.5 with an anchor of 32-101 px (3 ratios); 8-14 px: under 0.2 with the smallest
+    well, tiny = rng.uniform(40, 100, (200, 2)), rng.uniform(8, 14, (100, 2))
+    assert level_warnings(cfg, well) == []
+    lines = level_warnings(cfg, np.concatenate([well, tiny]))
+    assert len(lines) == 1 and lines[0].startswith("33% of the boxes (100 of 300) are too small for their level")
+    assert lines[0].endswith("or lower anchor_octave_base")
+    fcos = load_config("fcos/config.py")
+    hint = level_spread_hint(fcos, well)                  # max side / 2 <= 50: all on P3
+    assert hint.startswith("100% of the boxes go to P3") and level_warnings(fcos, well) == [hint]
 
 
 def test_check_images_modes(tmp_path):

@@ -164,6 +164,25 @@ def level_spread_hint(cfg, wh: np.ndarray) -> str | None:
     return line
 
 
+def level_warnings(cfg, wh: np.ndarray) -> list[str]:
+    """What ``train.py`` says at start about the training boxes ``wh`` [N, 2] (sizes after the
+    resize) against ``cfg``'s levels: the crowding line of ``level_spread_hint``, and one line
+    when 10% or more of them match no level well (too small or too large), with the key to change."""
+    rule = level_rule(cfg)
+    if rule is None or len(wh) == 0:
+        return []
+    lines = []
+    _, small, large = rule.assign(wh)
+    if small.mean() >= 0.1:
+        lines.append(f"{small.mean():.0%} of the boxes ({int(small.sum())} of {len(wh)}) are too small for their "
+                     f"level and match none well: {rule.small_hint}")
+    if large.mean() >= 0.1:
+        lines.append(f"{large.mean():.0%} of the boxes ({int(large.sum())} of {len(wh)}) are larger than every "
+                     f"anchor can match well: {rule.large_hint}")
+    hint = level_spread_hint(cfg, wh)
+    return lines + ([hint] if hint else [])
+
+
 # ---- statistics ----------------------------------------------------------------------------
 def resized_box_sizes(report: Validation, cfg, train: bool) -> tuple[np.ndarray, int]:
     """Box (w, h) [N, 2] after the config's resize, and the shorter side used: the test size for

@@ -14,7 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 
-from public.data.check import level_spread_hint, resized_box_sizes
+from public.data.check import level_warnings, resized_box_sizes
 from public.data.coco import CocoDetection
 from public.data.collate import collate
 from public.data.demo import DEMO_ROOT, ensure_demo_data
@@ -196,9 +196,9 @@ def train(cfg) -> float:
         (work_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         logger.info("data: %d train images, %d val images, %d classes: %s", len(train_set), len(val_set),
                     train_set.num_classes, ", ".join(train_set.class_names[:20]))
-        spread = level_spread_hint(cfg, resized_box_sizes(train_set.validation, cfg, train=True)[0])
-        if spread:  # e.g. the paper's level ranges on small objects: every box on P3
-            logger.warning("levels: %s (python -m public.data.check shows the table)", spread)
+        # e.g. the paper's level ranges or anchors on small objects: every box on P3, or none matched well
+        for line in level_warnings(cfg, resized_box_sizes(train_set.validation, cfg, train=True)[0]):
+            logger.warning("levels: %s (python -m public.data.check shows the table)", line)
         if cfg.flops:
             gflops, params = count_flops(model, cfg, device)
             logger.info("model: %.2fM parameters, %.1f GFLOPs per %dpx forward", params / 1e6, gflops, cfg.test_min_size)
