@@ -41,6 +41,15 @@ def test_explicit_freezing_wins_and_warns_on_random_weights():
     assert resolution.warnings == []
 
 
+def test_plain_head_from_scratch_is_advised_against():
+    from retinanet.config import Config as RetinaNetConfig
+    advice = resolve(RetinaNetConfig(pretrained=False), 240).advice
+    assert len(advice) == 1 and "head_norm='none'" in advice[0] and "set head_norm=GN" in advice[0]
+    assert resolve(RetinaNetConfig(pretrained=False, head_norm="GN"), 240).advice == []
+    assert resolve(RetinaNetConfig(pretrained=True), 240).advice == []
+    assert resolve(scratch(), 240).advice == []           # FCOS: GN towers
+
+
 def test_backbone_built_from_scratch_trains_every_layer():
     net = build_backbone(scratch()).body
     assert all(p.requires_grad for p in net.parameters())
