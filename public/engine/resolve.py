@@ -106,7 +106,7 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
         advice.append("the head's towers have no normalisation (head_norm='none', the RetinaNet paper's) and the "
                       "backbone starts from random weights: detectors trained from scratch need normalised heads "
                       "(He et al., Rethinking ImageNet Pre-training); set head_norm=GN (retinanet/config.py on "
-                      "the demo data from scratch: loss_cls stayed at 1.1 and nothing was detected for 24 epochs)")
+                      "the demo data from scratch: loss_cls stayed near 1.1 and mAP below 0.03 for 24 epochs)")
 
     # ---- lr -------------------------------------------------------------------------------
     if cfg.scale_lr:
