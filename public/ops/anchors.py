@@ -11,7 +11,7 @@ def grid_steps(image_size: tuple[int, int] | None, feature_size: tuple[int, int]
     ``W // w``, torchvision's AnchorGenerator rule, which equals the stride when the padded size
     is a multiple of it and is smaller otherwise: at an 800 x 1344 input, P6 (13 x 21 cells) is
     spaced 61 x 64 and P7 (7 x 11) 114 x 122 instead of 64 and 128, so its far locations sit up
-    to ~90 px from where the stride puts them. The regression unit stays the stride.
+    to 84 px from where the stride puts them. The regression unit stays the stride.
     """
     if image_size is None:
         return stride, stride
