@@ -32,6 +32,8 @@ import retinanet.convert
 from config import load_config
 from helpers import perturb_for_oracle
 from public.data.demo import ensure_demo_data
+from public.engine.checkpoint import load_for_inference
+from public.engine.inference import Predictor
 from public.engine.trainer import evaluate_checkpoint
 
 # A COCO-layout model (91 rows, row = category id) scored on five COCO classes.
@@ -181,6 +183,21 @@ def test_evaluate_torchvision_checkpoint_equals_torchvision(kind, demo_images, t
     result = ours()
     assert np.abs(np.array(result.stats) - expected).max() <= 1e-3, (result.stats, expected.tolist())
     assert _largest_box_difference(result.results, reference) <= 1e-3
+
+    # test.py's Predictor (images as read, no dataset) gives the same boxes.
+    cfg = load_config(f"{kind}/config.py", [f"test_min_size={MIN_SIZE}", f"max_size={MAX_SIZE}"])
+    loaded = load_for_inference(cfg, str(checkpoint), CAT_IDS, [c["name"] for c in CATEGORIES])
+    predictor = Predictor(loaded.model, loaded.cfg.build_decoder(), loaded.cfg, "cpu")
+    predicted = []
+    for start in range(0, len(images), BATCH):
+        chunk = images[start:start + BATCH]
+        pixels = [np.asarray(Image.open(folder / im["file_name"]).convert("RGB")) for im in chunk]
+        for image, det in zip(chunk, predictor(pixels)):
+            boxes = det["boxes"].numpy().astype(np.float64)
+            boxes[:, 2:] -= boxes[:, :2]
+            predicted += [{"image_id": image["id"], "category_id": CAT_IDS[label], "bbox": box.tolist(), "score": score}
+                          for box, label, score in zip(boxes, det["labels"].tolist(), det["scores"].tolist())]
+    assert _largest_box_difference(predicted, reference) <= 1e-3
 
     # The check can tell: our own resize (OpenCV on uint8, rounded sizes) moves the boxes.
     converter = fcos.convert if kind == "fcos" else retinanet.convert
