@@ -70,7 +70,11 @@ class BaseConfig:
     fpn_channels: int = 256           # channels of every FPN level and head conv
     p6_from: str = "p5"               # "p5" (FCOS imprv, torchvision) or "c5" (RetinaNet paper)
     num_convs: int = 4                # convs in each head tower
-    head_norm: str = "GN"             # "GN" or "none"
+    # Normalisation in the head's conv towers: "GN" (GroupNorm(32), FCOS/ATSS), "none" (plain
+    # convs, the RetinaNet paper's) or "auto": plain with trained weights (pretrained,
+    # backbone_weights or init_from), GN from random init, where plain towers do not learn to
+    # classify. Loading a checkpoint with "auto" takes the checkpoint's value.
+    head_norm: str = "GN"
     prior_prob: float = 0.01          # initial foreground probability of the classifier
     init_from: str = ""               # fine-tune from a checkpoint (ours or torchvision's); classes matched by name, the class layer re-initialised where they differ
 
@@ -206,7 +210,7 @@ class BaseConfig:
 
 # Fields that may also hold "auto" (resolved at the start of a run, public/engine/resolve.py),
 # with the type of their explicit values.
-AUTO_FIELDS: dict[str, Any] = {"frozen_stages": 0, "freeze_bn": False}
+AUTO_FIELDS: dict[str, Any] = {"frozen_stages": 0, "freeze_bn": False, "head_norm": "GN"}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

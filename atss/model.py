@@ -19,7 +19,7 @@ from torch import nn
 
 from public.models.backbone import build_backbone
 from public.models.dcn import DeformConv
-from public.models.head import Scale, conv_tower, flatten_levels, prediction_conv, prior_bias
+from public.models.head import Scale, conv_tower, flatten_levels, head_norm_of, prediction_conv, prior_bias
 from public.ops.anchors import grid_points
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
@@ -103,7 +103,7 @@ class ATSS(nn.Module):
     def __init__(self, cfg, num_classes: int):
         super().__init__()
         self.backbone = build_backbone(cfg)
-        self.head = ATSSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.head_norm, cfg.prior_prob,
+        self.head = ATSSHead(cfg.fpn_channels, num_classes, cfg.num_convs, head_norm_of(cfg), cfg.prior_prob,
                              cfg.regression_type, cfg.head_dcn)
         self.anchor_offset = cfg.anchor_offset
         self.octave_base_scale = cfg.octave_base_scale

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from public.models.backbone import build_backbone
-from public.models.head import Scale, conv_tower, flatten_levels, prediction_conv, prior_bias
+from public.models.head import Scale, conv_tower, flatten_levels, head_norm_of, prediction_conv, prior_bias
 from public.ops.anchors import grid_points
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
@@ -80,7 +80,7 @@ class FCOS(nn.Module):
     def __init__(self, cfg, num_classes: int):
         super().__init__()
         self.backbone = build_backbone(cfg)
-        self.head = FCOSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.head_norm, cfg.prior_prob,
+        self.head = FCOSHead(cfg.fpn_channels, num_classes, cfg.num_convs, head_norm_of(cfg), cfg.prior_prob,
                              cfg.norm_reg_targets, cfg.centerness_on_reg, reg_bias_init=cfg.reg_bias_init)
         self.location_offset = cfg.location_offset
         self.torchvision_steps = cfg.location_steps == "torchvision"

@@ -17,7 +17,7 @@ class Config(BaseConfig):
     backbone = "resnet50"
     pretrained = True
     p6_from = "c5"                      # P6 from C5 (paper); torchvision v1: "p5", v2: "c5"
-    head_norm = "none"                  # plain conv towers (paper, torchvision v1); v2: "GN"
+    head_norm = "auto"                  # plain towers (paper, torchvision v1) with trained weights, GN from scratch; v2: "GN"
     # Anchors (paper Sec. 4): sizes octave_base * stride * 2^(k / scales_per_octave) on P3-P7.
     anchor_octave_base: float = 4.0     # 4 x stride = 32..512 px on P3..P7
     anchor_scales_per_octave: int = 3   # sizes x (2^0, 2^(1/3), 2^(2/3))

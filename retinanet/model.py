@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from public.models.backbone import build_backbone
-from public.models.head import conv_tower, flatten_levels, prediction_conv, prior_bias
+from public.models.head import conv_tower, flatten_levels, head_norm_of, prediction_conv, prior_bias
 from public.ops.anchors import grid_anchors, retinanet_anchor_sizes
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
@@ -63,7 +63,7 @@ class RetinaNet(nn.Module):
         self.anchor_round_corners = cfg.anchor_round_corners
         self.torchvision_steps = cfg.location_steps == "torchvision"
         num_anchors = cfg.anchor_scales_per_octave * len(self.aspect_ratios)
-        self.head = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes, cfg.num_convs, cfg.head_norm,
+        self.head = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes, cfg.num_convs, head_norm_of(cfg),
                                   cfg.prior_prob)
         self.num_classes = num_classes
 

@@ -12,6 +12,7 @@ from fcos.config import Config as FCOSConfig
 from public.engine.optim import LRScheduler, build_optimizer
 from public.engine.resolve import resolve, resolve_for_run, step_epochs
 from public.models.backbone import build_backbone
+from public.models.head import head_norm_of
 from retinanet.config import Config as RetinaNetConfig
 
 
@@ -42,12 +43,89 @@ def test_explicit_freezing_wins_and_warns_on_random_weights():
 
 
 def test_plain_head_from_scratch_is_advised_against():
-    from retinanet.config import Config as RetinaNetConfig
-    advice = resolve(RetinaNetConfig(pretrained=False), 240).advice
+    advice = resolve(RetinaNetConfig(pretrained=False, head_norm="none"), 240).advice
     assert len(advice) == 1 and "head_norm='none'" in advice[0] and "set head_norm=GN" in advice[0]
     assert resolve(RetinaNetConfig(pretrained=False, head_norm="GN"), 240).advice == []
+    assert resolve(RetinaNetConfig(pretrained=False), 240).advice == []    # "auto": GN from scratch
     assert resolve(RetinaNetConfig(pretrained=True), 240).advice == []
     assert resolve(scratch(), 240).advice == []           # FCOS: GN towers
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"pretrained": False}, "GN"),
+    ({"pretrained": True}, "none"),
+    ({"pretrained": False, "backbone_weights": "r50.pth"}, "none"),
+    ({"pretrained": False, "head_norm": "none"}, "none"),   # an explicit value wins
+    ({"pretrained": True, "head_norm": "GN"}, "GN"),
+])
+def test_retinanet_head_norm_follows_the_weights(overrides, expected):
+    cfg = RetinaNetConfig(**overrides)
+    assert head_norm_of(cfg) == expected
+    resolution = resolve(cfg, 240)
+    assert resolution.values["head_norm"] == expected
+    if cfg.head_norm == "auto":
+        assert any(line.startswith("head towers") and "head_norm=auto" in line for line in resolution.lines)
+    else:
+        assert not any(line.startswith("head towers") for line in resolution.lines)
+
+
+def test_retinanet_from_scratch_builds_groupnorm_towers():
+    head = RetinaNetConfig(backbone="resnet18", pretrained=False).build_model(3).head
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in head.modules()) == 8    # 4 per tower
+    head = RetinaNetConfig(backbone="resnet18", pretrained=False, head_norm="none").build_model(3).head
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in head.modules())
+
+
+def test_auto_head_norm_takes_the_checkpoint_value(tmp_path):
+    """A RetinaNet trained from scratch (auto: GN) stores GN; scoring it with the stock config
+    (pretrained=True, auto: plain) builds GN towers from the checkpoint; resuming it keeps GN
+    without a warning; an explicit other value is refused, naming the key."""
+    from helpers import demo_subset
+    from public.engine.trainer import evaluate_checkpoint, train
+    images, annotations = demo_subset(tmp_path, 4, "train")
+    common = [f"train_images={images}", f"train_annotations={annotations}", f"val_images={images}",
+              f"val_annotations={annotations}", f"work_dir={tmp_path / 'run'}", "backbone=resnet18",
+              "fpn_channels=32", "num_convs=1", "min_size=(64,)", "max_size=96", "test_min_size=64",
+              "batch_size=2", "num_workers=0", "flops=False"]
+    train(load_config("retinanet/config.py", common + ["pretrained=False", "epochs=1"]))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["head_norm"] == "GN"
+    checkpoint = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    assert checkpoint["resolved"]["values"]["head_norm"] == "GN"
+    assert checkpoint["resolved"]["requested"]["head_norm"] == "auto"
+    assert "head.cls_tower.1.weight" in checkpoint["model"]      # the GroupNorm after the first conv
+    assert "head towers with GroupNorm" in (tmp_path / "run" / "train.log").read_text()
+
+    cfg = load_config("retinanet/config.py", common + ["pretrained=True"])
+    result = evaluate_checkpoint(cfg, str(tmp_path / "run" / "latest.pth"))
+    assert cfg.head_norm == "GN" and result.stats is not None
+
+    train(load_config("retinanet/config.py", common + ["pretrained=False", "epochs=2", "resume=auto"]))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "resuming keeps" not in log
+    assert torch.load(tmp_path / "run" / "latest.pth", weights_only=True)["config"]["head_norm"] == "GN"
+
+    with pytest.raises(ValueError, match="head_norm 'GN' vs 'none'"):
+        evaluate_checkpoint(load_config("retinanet/config.py", common + ["head_norm=none"]),
+                            str(tmp_path / "run" / "latest.pth"))
+
+    # From ImageNet-like weights (a local backbone file): plain towers, and the checkpoint
+    # is scored as such by a config that trains from scratch (where "auto" alone would mean GN).
+    import torchvision
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    plain = [c for c in common if not c.startswith("work_dir=")] + [f"work_dir={tmp_path / 'plain'}"]
+    train(load_config("retinanet/config.py", plain + [f"backbone_weights={weights}", "pretrained=False", "epochs=1"]))
+    checkpoint = torch.load(tmp_path / "plain" / "latest.pth", weights_only=True)
+    assert checkpoint["config"]["head_norm"] == "none" and "head.cls_tower.1.weight" not in checkpoint["model"]
+    cfg = load_config("retinanet/config.py", plain + ["pretrained=False"])
+    evaluate_checkpoint(cfg, str(tmp_path / "plain" / "latest.pth"))
+    assert cfg.head_norm == "none"
+
+    # Fine-tuning (init_from: trained weights, so "auto" alone would mean plain) from the GN run.
+    tuned = [c for c in common if not c.startswith("work_dir=")] + [f"work_dir={tmp_path / 'tuned'}"]
+    train(load_config("retinanet/config.py", tuned + [f"init_from={tmp_path / 'run' / 'latest.pth'}", "epochs=1"]))
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["head_norm"] == "GN"
 
 
 def test_backbone_built_from_scratch_trains_every_layer():

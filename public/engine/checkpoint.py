@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from public.engine.weights import without_imagenet
-from public.engine.identity import check_checkpoint
+from public.engine.identity import check_checkpoint, take_auto_settings
 from public.engine.runstate import pause_point
 
 logger = logging.getLogger("densedet")
@@ -148,6 +148,7 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
     if is_densedet(checkpoint):
         trained_ids = [int(i) for i in checkpoint["classes"]["category_ids"]]
         check_checkpoint(checkpoint, cfg, path, class_names, category_ids, what="load")
+        take_auto_settings(cfg, checkpoint.get("config") or {})
         category_ids, class_names = trained_ids, list(checkpoint["classes"]["names"])
         thresholds = checkpoint.get("score_thresholds")
     elif category_ids is None:

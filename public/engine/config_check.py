@@ -81,7 +81,7 @@ def check_config(cfg, training: bool = True) -> None:
     c.choice("backbone", BACKBONES)
     c.number("fpn_channels", 1, integer=True)
     c.number("num_convs", 0, integer=True)
-    c.choice("head_norm", ("GN", "none"))
+    c.choice("head_norm", ("GN", "none", "auto"))
     c.choice("p6_from", ("p5", "c5"))
     c.number("prior_prob", 0, 1, low_open=True, high_open=True)
     if c.has("dcn_stages") and len(cfg.dcn_stages) != 4:

@@ -52,6 +52,24 @@ def _base_class(cfg):
     return next(k for k in reversed(type(cfg).__mro__) if "fields" in vars(k))
 
 
+def _is_auto(cfg, key: str) -> bool:
+    return _is_auto_value(getattr(cfg, key, None))
+
+
+def take_auto_settings(cfg, stored_config: dict) -> dict:
+    """Set the decisive settings that ``cfg`` leaves "auto" (``head_norm``) to the values of the
+    run that made a checkpoint (``stored_config``, its config), so that the model built has the
+    checkpoint's structure; returns what was set."""
+    taken = {key: stored_config[key] for key in decisive_keys(cfg)
+             if _is_auto(cfg, key) and key in stored_config and not _is_auto_value(stored_config[key])}
+    cfg.update(taken)
+    return taken
+
+
+def _is_auto_value(value) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
 def _same(a, b) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -77,8 +95,10 @@ def differences(cfg, stored_config: dict, stored_type: str | None = None,
         stored_keys, own_keys = _model_keys(stored_config, base), _model_keys(cfg.to_dict(), base)
         if stored_keys - own_keys and own_keys - stored_keys:  # each has keys of its own: two models
             out.append(f"model with keys {sorted(stored_keys - own_keys)[:3]} vs {own_type}")
-    if not out:  # the same model: compare its decisive settings
+    if not out:  # the same model: compare its decisive settings ("auto" takes the stored value)
         for key in decisive_keys(cfg):
+            if _is_auto(cfg, key):
+                continue
             if key in stored_config and not _same(stored_config[key], getattr(cfg, key)):
                 out.append(f"{key} {_show(stored_config[key])} vs {_show(getattr(cfg, key))}")
     if stored_classes is not None:

@@ -9,6 +9,8 @@ is, unless the user set them:
 - freezing (``frozen_stages``, ``freeze_bn``): "auto" freezes the stem, stage 1 and BatchNorm
   (the paper) when the backbone starts from trained weights (``pretrained``,
   ``backbone_weights`` or ``init_from``), and trains everything from random init;
+- ``head_norm`` "auto" (RetinaNet's): the paper's plain towers with trained weights, GroupNorm
+  from random init (plain towers trained from scratch do not learn to classify);
 - warmup: ``warmup_iters``, capped at ``warmup_max_fraction`` of the run's iterations;
 - lr steps: ``lr_steps`` below 1 are fractions of ``epochs`` (the default 8/12 and 11/12 is the
   1x recipe at 12 epochs and the 2x recipe at 24), whole numbers are epochs;
@@ -28,10 +30,11 @@ import os
 from dataclasses import dataclass, field
 
 from public.models.backbone import backbone_freezing
+from public.models.head import head_norm_of
 
 # The keys whose value ``resolve`` may change; stored in every checkpoint as "resolved".
-RESOLVED_KEYS = ("frozen_stages", "freeze_bn", "warmup_iters", "lr_steps", "lr", "scale_lr", "batch_size",
-                 "num_workers")
+RESOLVED_KEYS = ("frozen_stages", "freeze_bn", "head_norm", "warmup_iters", "lr_steps", "lr", "scale_lr",
+                 "batch_size", "num_workers")
 
 
 @dataclass
@@ -101,12 +104,18 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
     if scratch and (frozen_stages > 0 or freeze_bn):
         warnings.append(f"frozen_stages={frozen_stages} freeze_bn={freeze_bn} freeze random weights: there are no "
                         f"pretrained weights to protect (set frozen_stages=auto freeze_bn=auto to train them)")
+    if cfg.head_norm == "auto":
+        values["head_norm"] = head_norm_of(cfg)
+        lines.append("head towers with GroupNorm (head_norm=auto: from random weights, plain towers do not learn "
+                     "to classify)" if values["head_norm"] == "GN" else
+                     "head towers plain, the paper's (head_norm=auto with trained weights)")
     advice = []
-    if scratch and getattr(cfg, "head_norm", None) == "none":
+    if scratch and cfg.head_norm == "none":
         advice.append("the head's towers have no normalisation (head_norm='none', the RetinaNet paper's) and the "
                       "backbone starts from random weights: detectors trained from scratch need normalised heads "
-                      "(He et al., Rethinking ImageNet Pre-training); set head_norm=GN (retinanet/config.py on "
-                      "the demo data from scratch: loss_cls stayed near 1.1 and mAP below 0.03 for 24 epochs)")
+                      "(He et al., Rethinking ImageNet Pre-training); set head_norm=GN or auto (RetinaNet with "
+                      "plain towers on the demo data from scratch: loss_cls stayed near 1.1 and mAP below 0.03 "
+                      "for 24 epochs)")
 
     # ---- lr -------------------------------------------------------------------------------
     if cfg.scale_lr:
@@ -163,7 +172,8 @@ def resolve_for_run(cfg, num_train_images: int, world_size: int, stored: dict | 
     with ``log`` (a logger); return the entry to store in checkpoints."""
     requested = {key: getattr(cfg, key) for key in RESOLVED_KEYS}
     if stored is not None:
-        changed = [key for key in RESOLVED_KEYS if stored["requested"].get(key) != requested[key]]
+        changed = [key for key in RESOLVED_KEYS
+                   if key in stored["requested"] and stored["requested"][key] != requested[key]]
         cfg.update(stored["values"])
         log.info("resolved (stored in the checkpoint this run resumes from):\n  %s",
                  "\n  ".join(stored["lines"]))

@@ -29,7 +29,7 @@ from public.engine.checkpoint import (build_model_for_checkpoint, is_densedet, l
                                       load_model_weights, model_state_from_checkpoint, save_checkpoint)
 from public.engine.config_check import check_config
 from public.engine.evaluator import EvalResult, check_eval_backend, evaluate, format_per_class, format_stats
-from public.engine.identity import model_type
+from public.engine.identity import model_type, take_auto_settings
 from public.engine.logger import MetricLogger, append_jsonl, setup_logging
 from public.engine.optim import LRScheduler, build_optimizer
 from public.engine.plots import RunRecorder
@@ -128,10 +128,25 @@ def count_flops(model, cfg, device) -> tuple[float, int]:
     return counter.get_total_flops() / 1e9, sum(p.numel() for p in model.parameters())
 
 
-def init_weights_from(model, cfg, path: str, category_ids: list[int], class_names: list[str] | None = None) -> None:
-    """``init_from``: our checkpoint or a torchvision state dict; classes matched by name,
-    the class layer re-initialised where they differ (only it may)."""
+def init_source(cfg, path: str, category_ids: list[int], class_names: list[str] | None = None) -> dict:
+    """Read ``init_from``'s checkpoint and give the structure keys ``cfg`` leaves "auto"
+    (``head_norm``) its values: those stored in our checkpoint, or those a converted
+    torchvision state dict implies (its head with or without GroupNorm)."""
     checkpoint = load_checkpoint(path)
+    if is_densedet(checkpoint):
+        take_auto_settings(cfg, checkpoint.get("config") or {})
+    else:
+        _, overrides = model_state_from_checkpoint(checkpoint, cfg, category_ids, path, class_names)
+        take_auto_settings(cfg, overrides)
+    return checkpoint
+
+
+def init_weights_from(model, cfg, path: str, category_ids: list[int], class_names: list[str] | None = None,
+                      checkpoint: dict | None = None) -> None:
+    """``init_from``: our checkpoint or a torchvision state dict (``checkpoint``: its contents,
+    if already read); classes matched by name, the class layer re-initialised where they
+    differ (only it may)."""
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     state, _ = model_state_from_checkpoint(checkpoint, cfg, category_ids, path, class_names)
     if is_densedet(checkpoint) and class_names is not None:
         state = match_classes_by_name(state, checkpoint["classes"], category_ids, class_names, model, path)
@@ -159,9 +174,13 @@ def train(cfg) -> float:
     check_classes(cfg, train_set, val_set)
     checkpoint = (resume_utils.load_resume_checkpoint(resume, cfg, train_set.class_names, train_set.category_ids)
                   if resume else None)
-    # freezing, warmup, lr steps, lr, batch: from this run, or as stored by the run resumed
+    init_checkpoint = (init_source(cfg, cfg.init_from, train_set.category_ids, train_set.class_names)
+                       if cfg.init_from and checkpoint is None else None)
+    # freezing, head_norm, warmup, lr steps, lr, batch: from this run, or as stored by the run resumed
     resolved = resolve_for_run(cfg, len(train_set), dist_utils.get_world_size(),
                                checkpoint.get("resolved") if checkpoint is not None else None, logger)
+    if checkpoint is not None:  # a checkpoint from before head_norm was resolved: its stored value
+        take_auto_settings(cfg, checkpoint.get("config") or {})
     train_loader = build_loader(cfg, train_set, True, device)
     val_loader = build_loader(cfg, val_set, False, device)
     if len(train_loader) == 0:
@@ -171,7 +190,7 @@ def train(cfg) -> float:
         model = build_model_for_checkpoint(cfg, train_set.num_classes)
     elif cfg.init_from:         # likewise
         model = without_imagenet(cfg).build_model(train_set.num_classes)
-        init_weights_from(model, cfg, cfg.init_from, train_set.category_ids, train_set.class_names)
+        init_weights_from(model, cfg, cfg.init_from, train_set.category_ids, train_set.class_names, init_checkpoint)
     else:
         model = cfg.build_model(train_set.num_classes)
     model.to(device)

@@ -7,6 +7,8 @@ import logging
 
 import torch
 
+from public.models.head import head_norm_of
+
 logger = logging.getLogger("densedet")
 
 CLASS_LAYER = ("head.cls_logits.weight", "head.cls_logits.bias")
@@ -16,8 +18,9 @@ def without_imagenet(cfg):
     """A copy of ``cfg`` that builds its model without ImageNet weights (``pretrained=False``,
     no ``backbone_weights``), for a model whose every weight a checkpoint will overwrite:
     evaluation, resuming, fine-tuning from a full checkpoint. ``cfg`` itself is unchanged
-    (the settings that depend on ``pretrained`` stay as resolved)."""
+    (the settings that depend on ``pretrained`` stay as resolved, ``head_norm`` included)."""
     build_cfg = copy.copy(cfg)
+    build_cfg.head_norm = head_norm_of(cfg)
     build_cfg.pretrained = False
     build_cfg.backbone_weights = ""
     return build_cfg

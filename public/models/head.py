@@ -19,6 +19,16 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def head_norm_of(cfg) -> str:
+    """``cfg.head_norm`` with "auto" resolved: GroupNorm towers when the model trains from
+    random weights (no ``pretrained``, ``backbone_weights`` or ``init_from``), where plain towers
+    (the RetinaNet paper's) do not learn to classify; the plain towers otherwise. A run that
+    loads a checkpoint takes the checkpoint's value instead (``identity.take_auto_settings``)."""
+    if cfg.head_norm != "auto":
+        return cfg.head_norm
+    return "none" if (cfg.pretrained or cfg.backbone_weights or cfg.init_from) else "GN"
+
+
 def conv_tower(channels: int, num_convs: int, norm: str = "GN") -> nn.Sequential:
     """``num_convs`` x (3x3 conv, GroupNorm(32) or nothing, ReLU), as an ``nn.Sequential``.
 
