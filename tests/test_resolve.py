@@ -76,7 +76,7 @@ def test_retinanet_from_scratch_builds_groupnorm_towers():
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in head.modules())
 
 
-def test_auto_head_norm_takes_the_checkpoint_value(tmp_path):
+def test_auto_head_norm_takes_the_checkpoint_value(tmp_path, capsys):
     """A RetinaNet trained from scratch (auto: GN) stores GN; scoring it with the stock config
     (pretrained=True, auto: plain) builds GN towers from the checkpoint; resuming it keeps GN
     without a warning; an explicit other value is refused, naming the key."""
@@ -97,8 +97,15 @@ def test_auto_head_norm_takes_the_checkpoint_value(tmp_path):
     assert "head towers with GroupNorm" in (tmp_path / "run" / "train.log").read_text()
 
     cfg = load_config("retinanet/config.py", common + ["pretrained=True"])
+    capsys.readouterr()
     result = evaluate_checkpoint(cfg, str(tmp_path / "run" / "latest.pth"))
     assert cfg.head_norm == "GN" and result.stats is not None
+    assert "was trained and evaluated with" not in capsys.readouterr().out
+    # Scored at another size than its run's: said, with the values to add.
+    evaluate_checkpoint(load_config("retinanet/config.py", common + ["test_min_size=96", "max_size=128"]),
+                        str(tmp_path / "run" / "latest.pth"))
+    assert ("was trained and evaluated with test_min_size=64 max_size=96; this config resizes with "
+            "test_min_size=96 max_size=128: add test_min_size=64 max_size=96" in capsys.readouterr().out)
 
     train(load_config("retinanet/config.py", common + ["pretrained=False", "epochs=2", "resume=auto"]))
     log = (tmp_path / "run" / "train.log").read_text()

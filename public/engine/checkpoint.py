@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from public.engine.weights import without_imagenet
-from public.engine.identity import check_checkpoint, take_auto_settings
+from public.engine.identity import check_checkpoint, eval_input_differences, take_auto_settings
 from public.engine.runstate import pause_point
 
 logger = logging.getLogger("densedet")
@@ -149,6 +149,10 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
         trained_ids = [int(i) for i in checkpoint["classes"]["category_ids"]]
         check_checkpoint(checkpoint, cfg, path, class_names, category_ids, what="load")
         take_auto_settings(cfg, checkpoint.get("config") or {})
+        differ = eval_input_differences(cfg, checkpoint.get("config") or {})
+        if differ:
+            logger.warning("%s was trained and evaluated with %s; this config resizes with %s: add %s to the "
+                           "command to see it as its run did", path, differ[0], differ[1], differ[0])
         category_ids, class_names = trained_ids, list(checkpoint["classes"]["names"])
         thresholds = checkpoint.get("score_thresholds")
     elif category_ids is None:

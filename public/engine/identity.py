@@ -52,6 +52,22 @@ def _base_class(cfg):
     return next(k for k in reversed(type(cfg).__mro__) if "fields" in vars(k))
 
 
+# Settings that change what a model is shown at evaluation but not the model: a checkpoint
+# scored with other values loads, but its numbers are not those its run reported.
+EVAL_INPUT_KEYS = ("test_min_size", "max_size", "resize_mode", "test_resize")
+
+
+def eval_input_differences(cfg, stored_config: dict) -> tuple[str, str] | None:
+    """(the checkpoint's values, ``cfg``'s) of ``EVAL_INPUT_KEYS`` as key=value overrides, for
+    the keys where they differ; None when none does."""
+    keys = [k for k in EVAL_INPUT_KEYS if k in stored_config and hasattr(cfg, k)
+            and not _same(stored_config[k], getattr(cfg, k))]
+    if not keys:
+        return None
+    return (" ".join(f"{k}={_literal(stored_config[k])}" for k in keys),
+            " ".join(f"{k}={_literal(getattr(cfg, k))}" for k in keys))
+
+
 def _is_auto(cfg, key: str) -> bool:
     return _is_auto_value(getattr(cfg, key, None))
 
