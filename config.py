@@ -1,16 +1,22 @@
-"""BaseConfig: every field shared by all models, with its default.
+"""BaseConfig: every key shared by all models, declared once with its default, its meaning
+and the values it takes.
 
 A model's config is ``class Config(BaseConfig)`` in ``<model>/config.py``; an experiment is a
 copy of that file (or a subclass of it) plus ``key=value`` overrides on the command line::
 
     python train.py --config fcos/config.py backbone=resnet50 pretrained=True lr=0.005
 
-Fields are plain class attributes (numbers, strings, booleans, tuples). Overrides are parsed
-with ``ast.literal_eval`` and must match the type of the default (an int is accepted for a
-float field, and a single number for a tuple field); an unknown key is an error that names
-the key and suggests close matches. Nothing is built at import: datasets, models and
-optimizers are built from these values by the engine, through the three ``build_*`` methods
-that each model's Config defines with explicit imports (no registries).
+Each key is declared once, as ``name = Key(default, "what it means", <allowed values>)``, in
+BaseConfig or in the model's Config; a subclass changes a default with a plain value
+(``nms_thresh = 0.5``). Overrides are parsed with ``ast.literal_eval`` and must match the
+key's type (an int is accepted for a float, a single value for a tuple); an unknown key, a
+wrong type or a value out of range is an error that names the key, raised when the config is
+loaded, before anything is built. Keys that take "auto" say what it means in their
+declaration (``auto=``), and ``cfg.effective(key)`` is the one place that applies it.
+Nothing is built at import: datasets, models and optimizers are built from these values by
+the engine, through the ``build_*`` methods each model's Config defines with explicit imports
+(no registries). ``python -m tools.config_reference`` writes docs/config.md from these
+declarations.
 """
 from __future__ import annotations
 
@@ -19,123 +25,286 @@ import difflib
 import importlib
 import importlib.util
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from public.data.demo import demo_paths
+from public.models.backbone import BACKBONES
 
 REPO_ROOT = Path(__file__).resolve().parent
 _DEMO = demo_paths()
 
 
+class Key:
+    """The declaration of one config key: default, meaning, type and allowed values.
+
+    Args:
+        default: the value when nothing overrides it (its type is the key's, unless ``kind``).
+        doc: what the key means, one or two sentences (the configuration reference prints it).
+        kind: the type of explicit values, where the default is "auto".
+        choices: the allowed values, if a fixed set.
+        low, high, low_open, high_open: a number's range (closed unless ``*_open``).
+        integer: the number must be whole.
+        each: a check of every element of a tuple (``low``/``high``/``integer`` apply to them),
+            which must then hold at least one.
+        length: a tuple's required length.
+        auto: what "auto" means: a function of the config giving the value to use
+            (``BaseConfig.effective``); "auto" is allowed only where this is given.
+        check: a further rule: a function of the value returning what is wrong, or None.
+    """
+
+    def __init__(self, default: Any, doc: str, *, kind: type | None = None, choices: tuple = (),
+                 low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False, integer: bool = False, each: bool = False, length: int | None = None,
+                 auto: Callable[[Any], Any] | None = None, check: Callable[[Any], str | None] | None = None):
+        self.default, self.doc = default, " ".join(doc.split())
+        self.kind = kind or type(default)
+        self.choices, self.low, self.high, self.low_open, self.high_open = choices, low, high, low_open, high_open
+        self.integer, self.each, self.length, self.auto, self.check = integer, each, length, auto, check
+
+    def __get__(self, obj, owner=None):
+        return self.default  # the class attribute reads as the plain default
+
+    # ---- checking -------------------------------------------------------------------------------
+    def coerce(self, name: str, value: Any) -> Any:
+        """``value`` converted to the key's type (int -> float, scalar -> 1-tuple, list -> tuple);
+        TypeError naming the key otherwise."""
+        if self.auto is not None and isinstance(value, str) and value == "auto":
+            return value
+        kind = self.kind
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+        elif kind is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif kind is tuple:
+            if isinstance(value, (list, tuple)):
+                return tuple(value)
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                return (value,)
+        elif isinstance(value, kind):
+            return value
+        also = " or 'auto'" if self.auto is not None else ""
+        raise TypeError(f"config key '{name}' expects {kind.__name__}{also} (default {self.default!r}), "
+                        f"got {type(value).__name__} {value!r}")
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """What is wrong with ``value`` for this key ("name=value must be ..."), or None."""
+        if self.auto is not None and isinstance(value, str) and value == "auto":
+            return None
+        if self.choices and value not in self.choices:
+            return f"{name}={value!r} must be one of {', '.join(map(repr, self.choices))}"
+        if self.length is not None and len(value) != self.length:
+            return f"{name}={value!r} must hold {self.length} values"
+        if self.each:
+            numbers_ok = len(value) > 0 and all(self._number_ok(v) for v in value)
+            if not numbers_ok:
+                return f"{name}={value!r} must be a non-empty tuple of {self._range_words()}, e.g. {name}={(self.default[0],) if self.default else ()!r}"
+        elif self.low is not None or self.high is not None or self.integer:
+            if not self._number_ok(value):
+                return f"{name}={value!r} must be {self._range_words()}"
+        return self.check(value) if self.check is not None else None
+
+    def _number_ok(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and value != int(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def _range_words(self) -> str:
+        """e.g. "an integer >= 1", "a number > 0 and <= 1"."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high}")
+        many = self.each
+        kind = ("integers" if many else "an integer") if self.integer else ("numbers" if many else "a number")
+        return f"{kind} {' and '.join(parts)}".strip()
+
+    def allowed(self) -> str:
+        """The allowed values in words, for the configuration reference ("" when any of the type)."""
+        if self.choices:
+            words = ", ".join(map(repr, self.choices))
+        elif self.each:
+            words = f"tuple of {self._range_words()}"
+        elif self.low is not None or self.high is not None or self.integer:
+            words = self._range_words()
+        else:
+            words = ""
+        if self.length is not None:
+            words = (words + "; " if words else "") + f"{self.length} values"
+        if self.auto is not None and "'auto'" not in words:
+            words = (words + " or " if words else "") + "'auto'"
+        return words
+
+
+def trained_weights(cfg) -> bool:
+    """Whether the backbone starts from trained weights (``pretrained``, ``backbone_weights`` or
+    ``init_from``) rather than random init: what the "auto" keys follow."""
+    return bool(cfg.pretrained or cfg.backbone_weights or cfg.init_from)
+
+
+def _lr_steps_problem(steps: tuple) -> str | None:
+    if any(not isinstance(s, (int, float)) or isinstance(s, bool) or s <= 0 for s in steps):
+        return f"lr_steps={steps!r} must be positive (fractions of the run below 1, or epochs)"
+    fractions = [s for s in steps if s < 1]
+    if fractions and len(fractions) != len(steps):
+        return (f"lr_steps={steps!r} mixes fractions of the run and epochs: give all as fractions "
+                f"(e.g. (0.667, 0.917)) or all as epochs (e.g. (8, 11))")
+    if not fractions and any(float(s) != int(s) for s in steps):
+        return f"lr_steps={steps!r}: values of 1 or more are epochs and must be whole numbers"
+    return None
+
+
+def _tta_ranges_problem(ranges: tuple) -> str | None:
+    if not all(isinstance(r, (tuple, list)) and len(r) == 2 and r[0] < r[1] for r in ranges):
+        return f"tta_scale_ranges={ranges!r} must hold one (min, max) pair per scale, min < max"
+    return None
+
+
+def increasing(name: str):
+    def problem(values: tuple) -> str | None:
+        if any(a >= b for a, b in zip(values, values[1:])):
+            return f"{name}={values!r} must be increasing"
+        return None
+    return problem
+
+
 class BaseConfig:
     # ---- data ---------------------------------------------------------------------------
-    # Paths of a COCO-format dataset. The defaults point at the built-in demo data, which is
-    # generated on first use.
-    train_images: str = _DEMO["train_images"]            # folder of the training images
-    train_annotations: str = _DEMO["train_annotations"]  # COCO json of the training images
-    val_images: str = _DEMO["val_images"]                # folder of the validation images
-    val_annotations: str = _DEMO["val_annotations"]      # COCO json of the validation images
-    min_size: tuple = (800,)          # shorter side at training; several values = multi-scale
-    multiscale_mode: str = "choice"   # "choice": one of min_size; "range": any int in [min, max]
-    max_size: int = 1333              # longer side cap
-    test_min_size: int = 800          # shorter side at evaluation
-    resize_mode: str = "keep_ratio"   # "keep_ratio" (paper) or "square" (min_size x min_size)
-    # How evaluation images are resized: "opencv" (bilinear on the uint8 image in the loader,
-    # sizes rounded) or "torchvision" (its GeneralizedRCNNTransform on the device: normalised
-    # float, bilinear interpolation, sizes floored), which torchvision checkpoints are scored with.
-    test_resize: str = "opencv"
-    hflip_prob: float = 0.5           # probability of a horizontal flip at training
-    size_divisible: int = 32          # batches are padded to a multiple of this
-    aspect_ratio_grouping: bool = True  # training batches of landscape or of portrait images only (less padding)
-    num_workers: int = 4              # data-loading processes per training process
-    batch_size: int = 16              # per process (per GPU)
-    # Image files checked when a dataset is loaded: "header" (size, format and end marker of
-    # every file: finds unreadable, truncated and mis-sized images before the first step),
-    # "decode" (decode every image once; slower), "off" (trust the json).
-    check_images: str = "header"
+    train_images = Key(_DEMO["train_images"], "Folder of the training images (default: the built-in demo data, "
+                       "generated on first use).")
+    train_annotations = Key(_DEMO["train_annotations"], "COCO-format json of the training images.")
+    val_images = Key(_DEMO["val_images"], "Folder of the validation images.")
+    val_annotations = Key(_DEMO["val_annotations"], "COCO-format json of the validation images.")
+    min_size = Key((800,), "Shorter side at training; several values = multi-scale training (see "
+                   "multiscale_mode).", low=1, integer=True, each=True)
+    multiscale_mode = Key("choice", "How min_size picks a size per image: 'choice' (one of its values) or "
+                          "'range' (any integer between its smallest and largest).", choices=("choice", "range"))
+    max_size = Key(1333, "Cap on the longer side, at training and evaluation.", low=1, integer=True)
+    test_min_size = Key(800, "Shorter side at evaluation.", low=1, integer=True)
+    resize_mode = Key("keep_ratio", "'keep_ratio' (the papers': shorter side to the size, longer side capped) or "
+                      "'square' (min_size x min_size).", choices=("keep_ratio", "square"))
+    test_resize = Key("opencv", "How evaluation images are resized: 'opencv' (bilinear on the uint8 image in the "
+                      "loader, sizes rounded) or 'torchvision' (its GeneralizedRCNNTransform on the device: "
+                      "normalised float, sizes floored), which torchvision checkpoints are scored with.",
+                      choices=("opencv", "torchvision"))
+    hflip_prob = Key(0.5, "Probability of a horizontal flip at training.", low=0, high=1)
+    size_divisible = Key(32, "Batches are padded to a multiple of this.", low=1, integer=True)
+    aspect_ratio_grouping = Key(True, "Training batches of landscape or of portrait images only (less padding).")
+    num_workers = Key(4, "Data-loading processes per training process (capped at the CPU count).",
+                      low=0, integer=True)
+    batch_size = Key(16, "Images per process (per GPU) and step.", low=1, integer=True)
+    check_images = Key("header", "Image files checked when a dataset is loaded: 'header' (size, format and end "
+                       "marker of every file), 'decode' (decode every image once; slower), 'off' (trust the json).",
+                       choices=("header", "decode", "off"))
 
     # ---- model --------------------------------------------------------------------------
-    backbone: str = "resnet50"        # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d
-    pretrained: bool = False          # ImageNet weights through torchvision's weight enums
-    backbone_weights: str = ""        # a local file with the backbone's ImageNet state dict (overrides download)
-    # "auto": the paper's fine-tuning recipe (frozen_stages=1, freeze_bn=True) when the backbone
-    # starts from trained weights (pretrained, backbone_weights or init_from), everything trained
-    # (0, False) from random init. An explicit value always wins.
-    frozen_stages: int = "auto"       # 0: train all; 1: freeze stem + stage 1 (paper); up to 4; or "auto"
-    freeze_bn: bool = "auto"          # frozen BatchNorm statistics and affine (paper); SyncBN under DDP if False; or "auto"
-    # Modulated deformable conv (DCNv2) for the 3x3 conv of every block of layer1..layer4;
-    # (False, True, True, True) is the DCNv2 paper's and the ATSS "dcnv2" models' choice.
-    dcn_stages: tuple = (False, False, False, False)
-    fpn_channels: int = 256           # channels of every FPN level and head conv
-    p6_from: str = "p5"               # "p5" (FCOS imprv, torchvision) or "c5" (RetinaNet paper)
-    num_convs: int = 4                # convs in each head tower
-    # Normalisation in the head's conv towers: "GN" (GroupNorm(32), FCOS/ATSS), "none" (plain
-    # convs, the RetinaNet paper's) or "auto": plain with trained weights (pretrained,
-    # backbone_weights or init_from), GN from random init, where plain towers do not learn to
-    # classify. Loading a checkpoint with "auto" takes the checkpoint's value.
-    head_norm: str = "GN"
-    prior_prob: float = 0.01          # initial foreground probability of the classifier
-    init_from: str = ""               # fine-tune from a checkpoint (ours or torchvision's); classes matched by name, the class layer re-initialised where they differ
+    backbone = Key("resnet50", "The backbone network (torchvision's).", choices=BACKBONES)
+    pretrained = Key(False, "Start the backbone from ImageNet weights (torchvision's weight enums; downloads).")
+    backbone_weights = Key("", "A local file with the backbone's ImageNet state dict (instead of downloading).")
+    frozen_stages = Key("auto", "Backbone stages kept frozen: 0 trains all, 1 freezes the stem and stage 1 (the "
+                        "papers'), up to 4. 'auto': 1 when the backbone starts from trained weights (pretrained, "
+                        "backbone_weights or init_from), 0 from random init.", kind=int, low=0, high=4,
+                        integer=True, auto=lambda cfg: 1 if trained_weights(cfg) else 0)
+    freeze_bn = Key("auto", "Frozen BatchNorm statistics and affine in the backbone (the papers'); trained BN "
+                    "(SyncBN under DDP on GPUs) if False. 'auto': frozen with trained weights, trained from "
+                    "random init.", kind=bool, auto=trained_weights)
+    dcn_stages = Key((False, False, False, False), "Modulated deformable conv (DCNv2) for the 3x3 conv of every "
+                     "block of layer1..layer4; (False, True, True, True) is the DCNv2 paper's and the ATSS "
+                     "'dcnv2' models' choice.", length=4)
+    fpn_channels = Key(256, "Channels of every FPN level and head conv.", low=1, integer=True)
+    p6_from = Key("p5", "Where P6 is computed from: 'p5' (FCOS, ATSS, torchvision) or 'c5' (the RetinaNet paper).",
+                  choices=("p5", "c5"))
+    num_convs = Key(4, "Convs in each head tower.", low=0, integer=True)
+    head_norm = Key("GN", "Normalisation in the head's conv towers: 'GN' (GroupNorm(32)) or 'none' (plain convs, "
+                    "the RetinaNet paper's). 'auto': plain with trained weights (pretrained, backbone_weights or "
+                    "init_from), GN from random init, where plain towers do not learn to classify; loading a "
+                    "checkpoint takes the checkpoint's value.", kind=str, choices=("GN", "none", "auto"),
+                    auto=lambda cfg: "none" if trained_weights(cfg) else "GN")
+    prior_prob = Key(0.01, "Initial foreground probability of the classifier (RetinaNet paper, Sec. 4.1).",
+                     low=0, high=1, low_open=True, high_open=True)
+    focal_alpha = Key(0.25, "Focal loss alpha (the weight of the positives; below 0 disables the weighting).",
+                      high=1)
+    focal_gamma = Key(2.0, "Focal loss gamma (Lin et al., 2017).", low=0)
+    init_from = Key("", "Fine-tune from a checkpoint (ours or torchvision's): classes matched by name, the class "
+                    "layer re-initialised where they differ.")
 
     # ---- decoding -----------------------------------------------------------------------
-    score_thresh: float = 0.05        # candidates below this score are dropped before NMS
-    topk_candidates: int = 1000       # per level, before NMS
-    nms_thresh: float = 0.6           # IoU above which NMS suppresses a box of the same class
-    detections_per_img: int = 100     # kept after NMS, best first
+    score_thresh = Key(0.05, "Candidates below this score are dropped before NMS.", low=0, high=1, high_open=True)
+    topk_candidates = Key(1000, "Candidates kept per level before NMS.", low=1, integer=True)
+    nms_thresh = Key(0.6, "IoU above which NMS suppresses a box of the same class (1 keeps every box).",
+                     low=0, high=1, low_open=True)
+    detections_per_img = Key(100, "Detections kept per image after NMS, best first.", low=1, integer=True)
 
     # ---- test-time augmentation (test.py --tta) ------------------------------------------
-    # Each scale (shorter side, longer side capped at tta_max_size) is run as is and, with
-    # tta_flip, mirrored. A scale keeps only the boxes whose sqrt(area) in original pixels lies
-    # in its range (min, max]: small scales keep the large objects, large scales the small
-    # ones (the ATSS paper's multi-scale testing; ranges follow its 12-scale SCALE_RANGES
-    # at the same scales). The pooled boxes are merged by tta_merge: "vote" (NMS, then each
-    # kept box = score-weighted mean of its class's boxes with IoU >= tta_vote_iou), "soft_vote"
-    # (the FCOS/ATSS code's soft box voting) or "nms".
-    tta_scales: tuple = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
-    tta_max_size: int = 2000
-    tta_flip: bool = True
-    tta_scale_ranges: tuple = ((96, 10000), (96, 10000), (64, 10000), (64, 10000), (0, 10000),
-                               (0, 10000), (0, 10000), (0, 256), (0, 256))
-    tta_merge: str = "vote"
-    tta_vote_iou: float = 0.66
+    tta_scales = Key((400, 500, 600, 700, 800, 900, 1000, 1100, 1200), "Shorter sides of the test-time "
+                     "augmentation passes (test.py --tta), the longer side capped at tta_max_size.",
+                     low=1, integer=True, each=True)
+    tta_max_size = Key(2000, "Cap on the longer side of every TTA pass.", low=1, integer=True)
+    tta_flip = Key(True, "Run every TTA scale mirrored too.")
+    tta_scale_ranges = Key(((96, 10000), (96, 10000), (64, 10000), (64, 10000), (0, 10000), (0, 10000),
+                            (0, 10000), (0, 256), (0, 256)),
+                           "Per TTA scale, the (min, max] sqrt(area) in original pixels of the boxes it keeps: "
+                           "small scales keep the large objects, large scales the small ones (the ATSS paper's "
+                           "multi-scale testing).", check=_tta_ranges_problem)
+    tta_merge = Key("vote", "How the pooled TTA boxes are merged: 'vote' (NMS, then each kept box = score-weighted "
+                    "mean of its class's boxes with IoU >= tta_vote_iou), 'soft_vote' (the FCOS/ATSS code's soft "
+                    "box voting) or 'nms'.", choices=("vote", "soft_vote", "nms"))
+    tta_vote_iou = Key(0.66, "IoU at which boxes vote in tta_merge='vote'.", low=0, high=1)
 
     # ---- optimisation -------------------------------------------------------------------
-    epochs: int = 12                  # 12 = the "1x" schedule on COCO
-    optimizer: str = "sgd"            # "sgd" or "adamw"
-    lr: float = 0.01                  # the lr at a total batch of reference_batch (16); scaled to the run's total batch if scale_lr
-    scale_lr: bool = True             # lr x (batch_size x processes) / reference_batch (linear scaling rule); False: lr as given
-    reference_batch: int = 16         # the total batch that lr is meant for (the papers': 16)
-    momentum: float = 0.9             # SGD momentum
-    weight_decay: float = 1e-4        # not applied to norm layers and biases
-    weight_decay_1d: bool = False     # also decay biases, norm layers and Scales (torchvision's reference scripts)
-    scheduler: str = "multistep"      # "multistep", "cosine" or "plateau" (ReduceLROnPlateau on mAP)
-    # Epochs at which multistep multiplies the lr by lr_gamma: values below 1 are fractions of
-    # `epochs` (the default is 8/12 and 11/12: the 1x recipe at 12 epochs, the 2x at 24), whole
-    # numbers are epochs, e.g. (8, 11).
-    lr_steps: tuple = (0.667, 0.917)
-    lr_gamma: float = 0.1             # lr multiplier of multistep and plateau
-    plateau_patience: int = 2         # evaluations without improvement before plateau lowers the lr
-    warmup_iters: int = 500           # linear warmup iterations at the start (capped by warmup_max_fraction)
-    warmup_max_fraction: float = 0.25 # warmup is at most this fraction of the run's iterations (1.0: no cap)
-    warmup_factor: float = 0.001      # lr multiplier at iteration 0 of the linear warmup
-    clip_grad_norm: float = 0.0       # 0 disables gradient clipping
-    amp: bool = False                 # mixed precision with torch.amp (GradScaler for float16)
-    amp_dtype: str = "float16"        # "float16" or "bfloat16"
-    channels_last: bool = False       # NHWC memory format (faster convs with AMP on recent GPUs)
+    epochs = Key(12, "Training epochs (12 = the '1x' schedule on COCO).", low=1, integer=True)
+    optimizer = Key("sgd", "'sgd' (with momentum, the papers') or 'adamw'.", choices=("sgd", "adamw"))
+    lr = Key(0.01, "The lr at a total batch of reference_batch; scaled to the run's total batch if scale_lr.",
+             low=0, low_open=True)
+    scale_lr = Key(True, "Scale lr by (batch_size x processes) / reference_batch (the linear scaling rule); "
+                   "False: lr as given.")
+    reference_batch = Key(16, "The total batch that lr is meant for (the papers': 16).", low=1, integer=True)
+    momentum = Key(0.9, "SGD momentum.", low=0, high=1, high_open=True)
+    weight_decay = Key(1e-4, "Weight decay of conv and linear weights (not of norm layers, biases and Scales "
+                       "unless weight_decay_1d).", low=0)
+    weight_decay_1d = Key(False, "Also decay biases, norm layers and Scales (torchvision's reference scripts).")
+    scheduler = Key("multistep", "The lr schedule after warmup: 'multistep', 'cosine' or 'plateau' "
+                    "(ReduceLROnPlateau on mAP).", choices=("multistep", "cosine", "plateau"))
+    lr_steps = Key((0.667, 0.917), "Epochs at which multistep multiplies the lr by lr_gamma: values below 1 are "
+                   "fractions of epochs (the default is 8/12 and 11/12: the 1x recipe at 12 epochs, the 2x at "
+                   "24), whole numbers are epochs, e.g. (8, 11).", check=_lr_steps_problem)
+    lr_gamma = Key(0.1, "lr multiplier of multistep and plateau.", low=0, low_open=True)
+    plateau_patience = Key(2, "Evaluations without improvement before plateau lowers the lr.", low=0, integer=True)
+    warmup_iters = Key(500, "Linear warmup iterations at the start (capped by warmup_max_fraction).",
+                       low=0, integer=True)
+    warmup_max_fraction = Key(0.25, "Warmup is at most this fraction of the run's iterations (1.0: no cap).",
+                              low=0, high=1)
+    warmup_factor = Key(0.001, "lr multiplier at iteration 0 of the linear warmup.", low=0, high=1)
+    clip_grad_norm = Key(0.0, "Clip the gradients' total norm at this value; 0 disables clipping.", low=0)
+    amp = Key(False, "Mixed precision with torch.amp (a GradScaler for float16).")
+    amp_dtype = Key("float16", "The autocast dtype of amp: 'float16' or 'bfloat16'.",
+                    choices=("float16", "bfloat16"))
+    channels_last = Key(False, "NHWC memory format (faster convs with AMP on recent GPUs).")
 
     # ---- run ----------------------------------------------------------------------------
-    work_dir: str = ""                # default: work_dirs/<config name>
-    resume: str = ""                  # a latest.pth to resume from, or "auto" for work_dir/latest.pth
-    overwrite: bool = False           # start afresh in a work_dir that holds another run (deletes its run files)
-    allow_mismatch: bool = False      # resume / evaluate a checkpoint of another model, settings or classes (warns)
-    eval_interval: int = 1            # evaluate every N epochs (and always after the last)
-    log_interval: int = 20            # iterations between log lines
-    seed: int = 42                    # random seed (each process adds its rank)
-    device: str = "auto"              # "auto" (cuda if available), "cuda", "cpu"
-    flops: bool = True                # count FLOPs and parameters at start
-    tensorboard: bool = False         # write TensorBoard scalars to work_dir/tensorboard (needs tensorboard)
-    eval_backend: str = "pycocotools"  # COCO evaluation: "pycocotools" or "faster_coco_eval" (same stats, faster)
+    work_dir = Key("", "Where the run writes its log, metrics and checkpoints (default: work_dirs/<config name>).")
+    resume = Key("", "A latest.pth to resume from, or 'auto' for work_dir/latest.pth.")
+    overwrite = Key(False, "Start afresh in a work_dir that holds another run (deletes its run files).")
+    allow_mismatch = Key(False, "Resume or evaluate a checkpoint of another model, settings or classes (warns).")
+    eval_interval = Key(1, "Evaluate every N epochs (and always after the last).", low=1, integer=True)
+    log_interval = Key(20, "Iterations between log lines.", low=1, integer=True)
+    seed = Key(42, "Random seed (each process adds its rank).", integer=True)
+    device = Key("auto", "'auto' (cuda if available), 'cuda' or 'cpu'.", choices=("auto", "cuda", "cpu"))
+    flops = Key(True, "Count FLOPs and parameters at start.")
+    tensorboard = Key(False, "Write TensorBoard scalars to work_dir/tensorboard (needs tensorboard).")
+    eval_backend = Key("pycocotools", "COCO evaluation: 'pycocotools' or 'faster_coco_eval' (same stats, faster).",
+                       choices=("pycocotools", "faster_coco_eval"))
 
     # Settings a checkpoint must share with the config that loads it (resume, --evaluate,
     # test.py): the model's structure and what its outputs mean. Each model adds its own.
@@ -143,30 +312,84 @@ class BaseConfig:
 
     # ------------------------------------------------------------------------------------
     def __init__(self, **overrides: Any) -> None:
+        for key, default in self.fields().items():
+            setattr(self, key, default)
         for key, value in overrides.items():
             self.set(key, value)
+        self.check()
+
+    @classmethod
+    def keys(cls) -> dict[str, Key]:
+        """Every key's declaration, base class first, in declaration order."""
+        out: dict[str, Key] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, Key):
+                    out.setdefault(name, value)
+        return out
 
     @classmethod
     def fields(cls) -> dict[str, Any]:
-        """Every field with its default, base class first, in declaration order."""
-        out: dict[str, Any] = {}
+        """Every key with this class's default, base class first, in declaration order.
+
+        A plain class attribute sets the default of a declared key; one that declares nothing
+        is an error naming it (a typo would otherwise be a silent no-op)."""
+        keys = cls.keys()
+        out = {name: key.default for name, key in keys.items()}
         for klass in reversed(cls.__mro__):
-            for key, value in vars(klass).items():
-                if key.startswith("_") or callable(value) or isinstance(value, (classmethod, staticmethod, property)):
+            for name, value in vars(klass).items():
+                if name.startswith("_") or isinstance(value, Key) or callable(value) \
+                        or isinstance(value, (classmethod, staticmethod, property)):
                     continue
-                out[key] = value
+                if name not in keys:
+                    close = difflib.get_close_matches(name, list(keys), n=3)
+                    hint = f"; did you mean {', '.join(close)}?" if close else ""
+                    raise TypeError(f"{klass.__name__}.{name} is not a config key{hint} (declare a new key as "
+                                    f"{name} = Key(default, \"what it means\"), or start the name with _)")
+                out[name] = keys[name].coerce(name, value)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.fields()}
 
     def set(self, key: str, value: Any) -> None:
-        fields = self.fields()
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=3)
+        """Set ``key`` after checking its type and allowed values (cross-key rules: ``check``)."""
+        keys = self.keys()
+        if key not in keys:
+            close = difflib.get_close_matches(key, list(keys), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise KeyError(f"unknown config key '{key}'{hint}")
-        setattr(self, key, _coerce(key, value, fields[key]))
+        value = keys[key].coerce(key, value)
+        problem = keys[key].problem(key, value)
+        if problem:
+            raise ValueError(f"bad config value: {problem}")
+        setattr(self, key, value)
+
+    def check(self) -> None:
+        """Raise one ValueError listing every value out of its key's range or choices, and every
+        broken rule between keys."""
+        problems = [p for name, key in self.keys().items() if (p := key.problem(name, getattr(self, name)))]
+        problems += self.rules_between_keys()
+        if problems:
+            raise ValueError("bad config value" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems))
+
+    def rules_between_keys(self) -> list[str]:
+        """What is wrong between keys (a model's Config adds its rules); [] when nothing is."""
+        return []
+
+    def from_scratch(self) -> bool:
+        """True when no trained weights initialise the backbone (see ``trained_weights``)."""
+        return not trained_weights(self)
+
+    def effective(self, key: str) -> Any:
+        """The value a run uses for ``key``: its own, or what "auto" means for it (its declaration's
+        ``auto``). The one place where "auto" is turned into a value."""
+        value = getattr(self, key)
+        if isinstance(value, str) and value == "auto":
+            auto = self.keys()[key].auto
+            if auto is not None:
+                return auto(self)
+        return value
 
     def apply_overrides(self, items: list[str]) -> None:
         """Apply ``key=value`` strings; values are Python literals (strings may be bare)."""
@@ -198,6 +421,12 @@ class BaseConfig:
     def build_decoder(self):
         raise NotImplementedError(f"{type(self).__name__} does not define build_decoder")
 
+    def level_rule(self):
+        """Which FPN level each box goes to under this model's assignment
+        (``public.data.levels.LevelRule``), for the dataset check and the warnings at start;
+        None for a model without one."""
+        return None
+
     def convert_state_dict(self, state_dict: dict, category_ids: list[int],
                            class_names: list[str] | None = None) -> tuple[dict, dict] | None:
         """Recognise a foreign (torchvision) state dict and convert it; None if not recognised.
@@ -208,40 +437,12 @@ class BaseConfig:
         return None
 
 
-# Fields that may also hold "auto" (resolved at the start of a run, public/engine/resolve.py),
-# with the type of their explicit values.
-AUTO_FIELDS: dict[str, Any] = {"frozen_stages": 0, "freeze_bn": False, "head_norm": "GN"}
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the type of ``default``; accept int for float, a scalar for a tuple,
-    and "auto" for the fields of ``AUTO_FIELDS``."""
-    if key in AUTO_FIELDS:
-        if value == "auto" and isinstance(value, str):
-            return value
-        default = AUTO_FIELDS[key]
-    expected = type(default)
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, tuple):
-        if isinstance(value, (list, tuple)):
-            return tuple(value)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            return (value,)
-    elif isinstance(value, expected):
-        return value
-    also = " or 'auto'" if key in AUTO_FIELDS else ""
-    raise TypeError(
-        f"config key '{key}' expects {expected.__name__}{also} (default {default!r}), "
-        f"got {type(value).__name__} {value!r}"
-    )
+def iou_thresholds_rule(cfg) -> list[str]:
+    """Max-IoU matching: background below bg_iou_thresh, foreground from fg_iou_thresh."""
+    if cfg.bg_iou_thresh > cfg.fg_iou_thresh:
+        return [f"bg_iou_thresh={cfg.bg_iou_thresh!r} must be <= fg_iou_thresh={cfg.fg_iou_thresh!r} (anchors "
+                f"between them are ignored)"]
+    return []
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> BaseConfig:
@@ -265,6 +466,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> BaseConf
         raise AttributeError(f"{path} defines no class Config")
     cfg = module.Config()
     cfg.apply_overrides(list(overrides))
+    cfg.check()
     if not cfg.work_dir:
         cfg.work_dir = str(Path("work_dirs") / _config_name(path))
     return cfg

@@ -55,49 +55,26 @@ def check_sizes(cfg) -> list[tuple[int, int]]:
     return [(fit(side), fit(min(side * 1.25, cfg.max_size))), (fit(side * 0.75), fit(side))]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
-        return 2
-    from public.engine.logger import setup_logging
-    from public.engine.onnx_export import compare_with_pytorch, export_metadata, export_onnx, require_onnx
-    setup_logging(None, True)
-    try:
-        require_onnx()
-    except ImportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def export(cfg, args) -> int:
+    """Export the checkpoint of ``args`` with ``cfg``'s model and decoder, then check the file."""
     import torch
-    from public.engine.checkpoint import is_densedet, load_checkpoint, load_for_inference
-    from public.engine.tester import _dataset_categories
 
+    from public.engine.evaluate.tester import dataset_categories
+    from public.engine.export.exporter import compare_with_pytorch, export_metadata, export_onnx
+    from public.engine.runs.checkpoint import is_densedet, load_checkpoint, load_for_inference
+    from public.engine.watch.logger import setup_logging
+
+    setup_logging(None, True)
     out = Path(args.out or Path(args.checkpoint).with_suffix(".onnx"))
     if out.suffix.lower() != ".onnx":
-        print(f"error: --out {out} must end in .onnx (test.py recognises exported models by it)", file=sys.stderr)
-        return 2
-    try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        category_ids, class_names = (None, None) if is_densedet(checkpoint) else _dataset_categories(cfg)
-        loaded = load_for_inference(cfg, args.checkpoint, category_ids, class_names, checkpoint)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except RuntimeError as error:
-        if "does not fit the model" not in str(error) and "could not read checkpoint" not in str(error):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise ValueError(f"--out {out} must end in .onnx (test.py recognises exported models by it)")
+    checkpoint = load_checkpoint(args.checkpoint)
+    category_ids, class_names = (None, None) if is_densedet(checkpoint) else dataset_categories(cfg)
+    loaded = load_for_inference(cfg, args.checkpoint, category_ids, class_names, checkpoint)
     model, decoder = loaded.model.cpu().eval(), cfg.build_decoder()
     metadata = export_metadata(cfg, type(model).__name__, loaded.class_names, loaded.category_ids, args.raw,
                                loaded.score_thresholds, args.checkpoint)
-    try:
-        names = export_onnx(model, decoder, out, metadata, raw=args.raw)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    names = export_onnx(model, decoder, out, metadata, raw=args.raw)
     logger.info("wrote %s (%s, %d classes; outputs %s; dynamic batch, height, width; opset %d)", out,
                 type(model).__name__, len(loaded.class_names), ", ".join(names), metadata["opset"])
     if args.no_check:
@@ -118,6 +95,18 @@ def main(argv=None) -> int:
                        "the score threshold or of NMS can flip; check with python test.py --checkpoint %s on "
                        "your val set", out, BOX_TOLERANCE_PX, SCORE_TOLERANCE, out)
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from public.engine.errors import run_command
+    from public.engine.export.exporter import require_onnx
+    try:
+        require_onnx()
+    except ImportError as error:  # a missing optional dependency: told like a bad command line
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return run_command(lambda: load_config(args.config, args.overrides), lambda cfg: export(cfg, args))
 
 
 if __name__ == "__main__":

@@ -49,32 +49,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
-        return 2
-    from public.engine import distributed
-    from public.engine.tester import detect_images, detect_video, evaluate_report
-    out = args.out or f"{cfg.work_dir}/detect"
-    try:
+    from public.engine.errors import run_command
+
+    def job(cfg):
+        from public.engine.evaluate.tester import detect_images, detect_video, evaluate_report
+        out = args.out or f"{cfg.work_dir}/detect"
         if args.images:
             detect_images(cfg, args.checkpoint, args.images, out, args.score_thresh, args.tta)
         elif args.video:
             detect_video(cfg, args.checkpoint, args.video, out, args.score_thresh, args.tta)
         else:
             evaluate_report(cfg, args.checkpoint, args.tta, args.save_thresholds)
-    except (ValueError, FileNotFoundError, ImportError) as error:   # ImportError: .onnx without onnxruntime
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except RuntimeError as error:
-        if "does not fit the model" not in str(error) and "could not read checkpoint" not in str(error):
-            raise  # a bug, not bad input: keep the traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    finally:
-        distributed.cleanup()
-    return 0
+    return run_command(lambda: load_config(args.config, args.overrides), job)
 
 
 if __name__ == "__main__":

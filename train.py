@@ -31,30 +31,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except (KeyError, TypeError, ValueError, FileNotFoundError, AttributeError) as error:  # AttributeError: no Config
-        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
-        return 2
-    from public.engine import distributed
-    from public.engine.config_check import user_error_message
-    from public.engine.logger import log_error_to_file
-    from public.engine.trainer import evaluate_checkpoint, train
-    try:
+    from public.engine.errors import run_command
+
+    def job(cfg):
         if args.evaluate:
+            from public.engine.evaluate.tester import evaluate_checkpoint
             evaluate_checkpoint(cfg, args.evaluate)
         else:
+            from public.engine.train.loop import train
             train(cfg)
-    except Exception as error:
-        message = user_error_message(error)
-        if message is None:
-            raise  # a bug, not bad input: keep the traceback
-        print(f"error: {message}", file=sys.stderr)
-        log_error_to_file(f"error: {message}", error)
-        return 1
-    finally:
-        distributed.cleanup()
-    return 0
+    return run_command(lambda: load_config(args.config, args.overrides), job)
 
 
 if __name__ == "__main__":

@@ -14,27 +14,16 @@ Shape walk-through for a 2 x 3 x 800 x 1216 input, C classes:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from public.models.backbone import build_backbone
-from public.models.dcn import DeformConv
-from public.models.head import Scale, conv_tower, flatten_levels, head_norm_of, prediction_conv, prior_bias
-from public.ops.anchors import grid_points
+from public.models.head import DenseHead, head_norm_of
+from public.ops.anchors import FPN_STRIDES, grid_points
 
-FPN_STRIDES = (8, 16, 32, 64, 128)
 
 # POINT regression starts at l = t = r = b = 4 anchor units (half the 8-stride anchor), as
 # the official head's bias init for REGRESSION_TYPE 'POINT'.
 POINT_BIAS_INIT = 4.0
-
-
-def deformable_last_conv(tower: nn.Sequential) -> nn.Sequential:
-    """Replace the last 3x3 conv of a tower by a modulated deformable conv with the same weights
-    (official USE_DCN_IN_TOWER: DFConv2d, DCNv2, as the last tower conv); in place."""
-    index = max(i for i, layer in enumerate(tower) if isinstance(layer, nn.Conv2d))
-    tower[index] = DeformConv.from_conv(tower[index], modulated=True)
-    return tower
 
 
 def square_anchors(points: torch.Tensor, strides: torch.Tensor, octave_base_scale: float) -> torch.Tensor:
@@ -46,9 +35,9 @@ def square_anchors(points: torch.Tensor, strides: torch.Tensor, octave_base_scal
     return torch.cat([points - half, points + half], dim=1)               # [N, 4]
 
 
-class ATSSHead(nn.Module):
-    """Shared over levels: a classification tower and a regression tower of ``num_convs``
-    3x3 convs, then class logits, 4 regression values and one centerness logit per location.
+class ATSSHead(DenseHead):
+    """``DenseHead`` with one anchor per location, a per-level Scale and a centerness logit on
+    the regression tower: cls [B, N, C], box [B, N, 4], centerness [B, N].
 
     Args:
         regression_type: "BOX": Scale(x) are (dx, dy, dw, dh) deltas; "POINT": relu(Scale(x))
@@ -59,36 +48,13 @@ class ATSSHead(nn.Module):
     def __init__(self, channels: int, num_classes: int, num_convs: int = 4, norm: str = "GN",
                  prior_prob: float = 0.01, regression_type: str = "BOX", dcn: bool = False,
                  num_levels: int = len(FPN_STRIDES)):
-        super().__init__()
         if regression_type not in ("BOX", "POINT"):
             raise ValueError(f"regression_type must be 'BOX' or 'POINT', got {regression_type!r}")
-        self.cls_tower = conv_tower(channels, num_convs, norm)
-        self.reg_tower = conv_tower(channels, num_convs, norm)
-        if dcn:
-            deformable_last_conv(self.cls_tower)
-            deformable_last_conv(self.reg_tower)
-        self.cls_logits = prediction_conv(channels, num_classes, prior_bias(prior_prob))
-        self.bbox_pred = prediction_conv(channels, 4, POINT_BIAS_INIT if regression_type == "POINT" else 0.0)
-        self.centerness = prediction_conv(channels, 1)
-        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
-        self.num_classes = num_classes
+        point = regression_type == "POINT"
+        super().__init__(channels, num_classes, num_convs, norm, prior_prob,
+                         box_bias=POINT_BIAS_INIT if point else 0.0, box_activation="relu" if point else "none",
+                         num_levels=num_levels, centerness_on="reg", dcn=dcn)
         self.regression_type = regression_type
-
-    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """features: [B, ch, H_l, W_l] per level -> cls [B, N, C], box [B, N, 4], centerness [B, N]."""
-        cls_out, box_out, ctr_out = [], [], []
-        for level, x in enumerate(features):
-            cls_feat = self.cls_tower(x)
-            reg_feat = self.reg_tower(x)
-            box = self.scales[level](self.bbox_pred(reg_feat))      # [B, 4, H, W]
-            if self.regression_type == "POINT":
-                box = F.relu(box)
-            cls_out.append(self.cls_logits(cls_feat))              # [B, C, H, W]
-            box_out.append(box)
-            ctr_out.append(self.centerness(reg_feat))              # [B, 1, H, W]
-        return (flatten_levels(cls_out, self.num_classes),        # [B, N, C]
-                flatten_levels(box_out, 4),                        # [B, N, 4]
-                flatten_levels(ctr_out, 1).squeeze(-1))            # [B, N]
 
 
 class ATSS(nn.Module):

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from public.engine.evaluator import STAT_NAMES, coco_evaluate  # noqa: E402
+from public.engine.evaluate.evaluator import STAT_NAMES, coco_evaluate  # noqa: E402
 
 
 def synthetic_gt(num_images: int, num_classes: int = 80, seed: int = 0, crowded_fraction: float = 0.05,

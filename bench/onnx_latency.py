@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import load_config  # noqa: E402
 from public.data.prefetcher import normalize  # noqa: E402
-from public.engine.checkpoint import load_for_inference  # noqa: E402
-from public.engine.onnx_export import export_onnx, require_onnx  # noqa: E402
+from public.engine.runs.checkpoint import load_for_inference  # noqa: E402
+from public.engine.export.exporter import export_onnx, require_onnx  # noqa: E402
 
 
 def cpu_name() -> str:

@@ -2,13 +2,9 @@
 reproduce torchvision's behaviour."""
 from __future__ import annotations
 
-import logging
-
 import torch
 
-from public.models.torchvision_compat import TORCHVISION_PREPROCESSING, backbone_of, class_rows
-
-logger = logging.getLogger("densedet")
+from public.models.torchvision_compat import TORCHVISION_PREPROCESSING, backbone_of, renamed, take_class_rows
 
 # Config values under which densedet's FCOS computes what torchvision's does.
 TORCHVISION_SETTINGS = {
@@ -49,19 +45,8 @@ def from_torchvision(state_dict: dict, category_ids: list[int], class_names: lis
     """
     if not is_torchvision_fcos(state_dict):
         return None
-    out = {}
-    for key, value in state_dict.items():
-        for old, new in _RENAMES:
-            if key.startswith(old):
-                key = new + key[len(old):]
-                break
-        out[key] = value
-    rows = class_rows(out["head.cls_logits.weight"].shape[0], category_ids, class_names, "torchvision FCOS")
-    if rows is not None:
-        out["head.cls_logits.weight"] = out["head.cls_logits.weight"][rows]
-        out["head.cls_logits.bias"] = out["head.cls_logits.bias"][rows]
-    else:
-        del out["head.cls_logits.weight"], out["head.cls_logits.bias"]
+    out = {renamed(key, _RENAMES): value for key, value in state_dict.items()}
+    take_class_rows(out, 1, category_ids, class_names, "torchvision FCOS")
     for level in range(5):  # torchvision's FCOS has no per-level Scale: the identity
         out[f"head.scales.{level}.scale"] = torch.tensor(1.0)
     return out, {**TORCHVISION_SETTINGS, **TORCHVISION_PREPROCESSING, "backbone": backbone_of(state_dict)}

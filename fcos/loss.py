@@ -9,19 +9,19 @@ import torch
 from torch import nn
 
 from public.engine.distributed import all_reduce_mean
-from public.ops.assign import fcos_assign, fcos_assign_sparse, level_size_bounds
+from public.ops.assign_fcos import fcos_assign, fcos_assign_sparse, level_size_bounds
 from public.ops.boxes import centerness_target, decode_distances, encode_distances
-from public.ops.losses import box_iou_loss, focal_loss_per_location, official_fcos_iou_loss
-from public.ops.settings import check_focal, check_scale_boundaries, require
+from public.ops.losses import DenseLoss, box_iou_loss, official_fcos_iou_loss
+from public.ops.settings import check_scale_boundaries, require
 
-__all__ = ["FCOSLoss", "fcos_assign", "level_size_bounds"]  # the assignment lives in public/ops/assign.py
+__all__ = ["FCOSLoss", "fcos_assign", "level_size_bounds"]  # the assignment lives in public/ops/assign_fcos.py
 
 # "giou" / "iou": (G)IoU of the decoded boxes (torchvision); "*_official": the official code's
 # (inter + 1) / (union + 1) on the distances in regression units.
 BOX_LOSSES = ("giou", "iou", "giou_official", "iou_official")
 
 
-class FCOSLoss(nn.Module):
+class FCOSLoss(DenseLoss):
     """Raw FCOS outputs + targets [B, M, 5] -> {"loss_cls", "loss_box", "loss_centerness"}.
 
     - classification: sigmoid focal loss (alpha 0.25, gamma 2) summed, / positives;
@@ -35,20 +35,17 @@ class FCOSLoss(nn.Module):
     """
 
     def __init__(self, cfg):
-        super().__init__()
-        self.center_sampling_radius = cfg.center_sampling_radius
+        super().__init__(cfg)
         self.scale_boundaries = cfg.scale_boundaries
-        self.norm_reg_targets = cfg.norm_reg_targets
-        self.box_loss_type = cfg.box_loss
-        self.box_loss_weighting = cfg.box_loss_weighting
-        self.focal_alpha = cfg.focal_alpha
-        self.focal_gamma = cfg.focal_gamma
-        check_focal(cfg)
         check_scale_boundaries(cfg)
+        self.center_sampling_radius = cfg.center_sampling_radius
         require(cfg.center_sampling_radius >= 0, "center_sampling_radius", cfg.center_sampling_radius,
                 "must be >= 0 (0 disables center sampling)")
+        self.norm_reg_targets = cfg.norm_reg_targets
+        self.box_loss_type = cfg.box_loss
         if self.box_loss_type not in BOX_LOSSES:
             raise ValueError(f"config key 'box_loss' = {self.box_loss_type!r}: must be one of {', '.join(BOX_LOSSES)}")
+        self.box_loss_weighting = cfg.box_loss_weighting
         if self.box_loss_weighting not in ("none", "centerness"):
             raise ValueError(f"box_loss_weighting must be 'none' or 'centerness', got {self.box_loss_weighting!r}")
 
@@ -64,13 +61,10 @@ class FCOSLoss(nn.Module):
         else:
             matched = fcos_assign(points, strides, lower, upper, targets, 0.0)  # [B, N]
 
-        positive = matched >= 0                                         # [B, N]
-        batch_idx, loc_idx = positive.nonzero(as_tuple=True)           # [P], [P]
-        gt = targets[batch_idx, matched[batch_idx, loc_idx]].float()   # [P, 5]
+        positive, batch_idx, loc_idx, gt = self.positives(matched, targets)  # [B, N], [P], [P], [P, 5]
         num_pos = all_reduce_mean(positive.sum().float()).clamp(min=1.0)
 
-        loss_cls = focal_loss_per_location(cls_logits, batch_idx, loc_idx, gt[:, 4].long(),
-                                           self.focal_alpha, self.focal_gamma).sum() / num_pos
+        loss_cls = self.focal_loss(cls_logits, batch_idx, loc_idx, gt).sum() / num_pos
 
         pos_points = points[loc_idx]                                   # [P, 2]
         scale = strides[loc_idx, None] if self.norm_reg_targets else 1.0

@@ -9,19 +9,16 @@ Shape walk-through for a 2 x 3 x 800 x 1216 input, C classes:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from public.models.backbone import build_backbone
-from public.models.head import Scale, conv_tower, flatten_levels, head_norm_of, prediction_conv, prior_bias
-from public.ops.anchors import grid_points
-
-FPN_STRIDES = (8, 16, 32, 64, 128)
+from public.models.head import DenseHead, head_norm_of
+from public.ops.anchors import FPN_STRIDES, grid_points
 
 
-class FCOSHead(nn.Module):
-    """Shared over levels: a classification tower and a regression tower of ``num_convs``
-    3x3 convs, then class logits, 4 box distances and one centerness logit per location.
+class FCOSHead(DenseHead):
+    """``DenseHead`` with one location per cell, a per-level Scale and a centerness logit:
+    cls [B, N, C], box [B, N, 4] distances (l, t, r, b), centerness [B, N].
 
     Args:
         norm_reg_targets: regression is relu(Scale(x)) in units of the level's stride (FCOS
@@ -42,31 +39,12 @@ class FCOSHead(nn.Module):
     def __init__(self, channels: int, num_classes: int, num_convs: int = 4, norm: str = "GN",
                  prior_prob: float = 0.01, norm_reg_targets: bool = True, centerness_on_reg: bool = True,
                  num_levels: int = len(FPN_STRIDES), reg_bias_init: float = 0.0):
-        super().__init__()
-        self.cls_tower = conv_tower(channels, num_convs, norm)
-        self.reg_tower = conv_tower(channels, num_convs, norm)
-        self.cls_logits = prediction_conv(channels, num_classes, prior_bias(prior_prob))
-        self.bbox_pred = prediction_conv(channels, 4, reg_bias_init if norm_reg_targets else 0.0)
-        self.centerness = prediction_conv(channels, 1)
-        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
-        self.num_classes = num_classes
+        super().__init__(channels, num_classes, num_convs, norm, prior_prob,
+                         box_bias=reg_bias_init if norm_reg_targets else 0.0,
+                         box_activation="relu" if norm_reg_targets else "exp",
+                         num_levels=num_levels, centerness_on="reg" if centerness_on_reg else "cls")
         self.norm_reg_targets = norm_reg_targets
         self.centerness_on_reg = centerness_on_reg
-
-    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """features: [B, ch, H_l, W_l] per level -> cls [B, N, C], box [B, N, 4], centerness [B, N]."""
-        cls_out, box_out, ctr_out = [], [], []
-        for level, x in enumerate(features):
-            cls_feat = self.cls_tower(x)
-            reg_feat = self.reg_tower(x)
-            box = self.scales[level](self.bbox_pred(reg_feat))      # [B, 4, H, W]
-            box = F.relu(box) if self.norm_reg_targets else torch.exp(box)
-            cls_out.append(self.cls_logits(cls_feat))              # [B, C, H, W]
-            box_out.append(box)
-            ctr_out.append(self.centerness(reg_feat if self.centerness_on_reg else cls_feat))  # [B, 1, H, W]
-        return (flatten_levels(cls_out, self.num_classes),        # [B, N, C]
-                flatten_levels(box_out, 4),                        # [B, N, 4]
-                flatten_levels(ctr_out, 1).squeeze(-1))            # [B, N]
 
 
 class FCOS(nn.Module):

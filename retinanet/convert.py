@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from public.models.torchvision_compat import TORCHVISION_PREPROCESSING, backbone_of, class_rows
+from public.models.torchvision_compat import TORCHVISION_PREPROCESSING, backbone_of, renamed, take_class_rows
 
 logger = logging.getLogger("densedet")
 
@@ -96,10 +96,7 @@ def from_torchvision(state_dict: dict, category_ids: list[int], class_names: lis
                 new_key = new + rest
                 break
         else:
-            for old, new in _RENAMES:
-                if key.startswith(old):
-                    new_key = new + key[len(old):]
-                    break
+            new_key = renamed(key, _RENAMES)
         out[new_key] = value
     if has_norm:  # bias-free convs before GN
         for tower in ("head.cls_tower.", "head.reg_tower."):
@@ -111,14 +108,7 @@ def from_torchvision(state_dict: dict, category_ids: list[int], class_names: lis
         logger.info("torchvision RetinaNet weights in the pre-0.13 layout (published COCO v1): "
                     "BN variances shifted for torchvision's FrozenBatchNorm eps=0")
 
-    weight, bias = out["head.cls_logits.weight"], out["head.cls_logits.bias"]
-    num_outputs = weight.shape[0] // num_anchors
-    rows = class_rows(num_outputs, category_ids, class_names, "torchvision RetinaNet")
-    if rows is not None:
-        out["head.cls_logits.weight"] = weight.unflatten(0, (num_anchors, num_outputs))[:, rows].flatten(0, 1)
-        out["head.cls_logits.bias"] = bias.view(num_anchors, num_outputs)[:, rows].flatten()
-    else:
-        del out["head.cls_logits.weight"], out["head.cls_logits.bias"]
+    take_class_rows(out, num_anchors, category_ids, class_names, "torchvision RetinaNet")
 
     p6_in = out["backbone.fpn.extra_blocks.p6.weight"].shape[1]
     fpn_channels = out["backbone.fpn.extra_blocks.p6.weight"].shape[0]

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from public.ops.box_coder import decode_deltas
 from public.ops.boxes import clip_boxes
-from public.ops.postprocess import nms_per_image, topk_per_level
-from public.ops.settings import check_decoding
+from public.ops.decoder import DenseDecoder
 
 
-class RetinaNetDecoder(nn.Module):
+class RetinaNetDecoder(DenseDecoder):
     """outputs of ``RetinaNet`` + image_sizes [B, 2] (h, w before padding) -> per image
     {"boxes" [D, 4] xyxy input pixels, "scores" [D], "labels" [D] contiguous}.
 
@@ -20,27 +18,15 @@ class RetinaNetDecoder(nn.Module):
     """
 
     def __init__(self, cfg):
-        super().__init__()
-        check_decoding(cfg)
-        self.score_thresh = cfg.score_thresh
-        self.topk = cfg.topk_candidates
-        self.nms_thresh = cfg.nms_thresh
-        self.max_det = cfg.detections_per_img
+        super().__init__(cfg)
         self.box_coder_weights = tuple(float(w) for w in cfg.box_coder_weights)
-
-    @torch.no_grad()
-    def forward(self, outputs: dict, image_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        boxes, scores, labels, valid = self.candidates(outputs, image_sizes)
-        return nms_per_image(boxes, scores, labels, valid, outputs["cls_logits"].shape[-1], self.nms_thresh,
-                             self.max_det)
 
     def candidates(self, outputs: dict, image_sizes: torch.Tensor):
         """The top-k candidates before NMS (also what the ONNX export decodes in its graph):
         boxes [B, K, 4] clipped xyxy, scores [B, K], labels [B, K], valid bool [B, K]."""
         scores = outputs["cls_logits"].float().sigmoid()                    # [B, N, C]
-        top_scores, anchor_idx, labels, valid = topk_per_level(
-            scores, scores > self.score_thresh, outputs["num_per_level"], self.topk)  # [B, K] each
-        deltas = outputs["box_reg"].float().gather(1, anchor_idx[..., None].expand(-1, -1, 4))  # [B, K, 4]
+        top_scores, anchor_idx, labels, valid, deltas = self.top_candidates(
+            outputs, scores, scores > self.score_thresh)                    # [B, K] each, [B, K, 4]
         boxes = decode_deltas(outputs["anchors"][anchor_idx], deltas, self.box_coder_weights)  # [B, K, 4]
         boxes = clip_boxes(boxes, image_sizes)
         return boxes, top_scores, labels, valid

@@ -7,22 +7,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from public.engine.distributed import all_reduce_mean
 from public.ops.box_coder import decode_deltas, encode_deltas
-from public.ops.losses import box_iou_loss, focal_loss_per_location
-from public.ops.matcher import IGNORE, assign_by_iou
-from public.ops.settings import check_focal, check_iou_thresholds, require
+from public.ops.assign_max_iou import IGNORE, assign_by_iou
+from public.ops.losses import DenseLoss, box_iou_loss
+from public.ops.settings import check_iou_thresholds, require
 
 BOX_LOSSES = ("smooth_l1", "l1", "giou")
 NORMALIZERS = ("batch", "per_image")
 
 
-class RetinaNetLoss(nn.Module):
+class RetinaNetLoss(DenseLoss):
     """Raw RetinaNet outputs + targets [B, M, 5] -> {"loss_cls", "loss_box"}.
 
-    Anchors are matched by IoU (``public.ops.matcher.assign_by_iou``: on the model's grids only
+    Anchors are matched by IoU (``public.ops.assign_max_iou.assign_by_iou``: on the model's grids only
     the anchors near each box are looked at, with the dense rule's answer).
     - classification: sigmoid focal loss summed over all classes of the foreground and
       background anchors; anchors between the IoU thresholds are ignored (paper Sec. 4);
@@ -37,21 +36,18 @@ class RetinaNetLoss(nn.Module):
     """
 
     def __init__(self, cfg):
-        super().__init__()
+        super().__init__(cfg)
         self.fg_iou_thresh = cfg.fg_iou_thresh
         self.bg_iou_thresh = cfg.bg_iou_thresh
         self.allow_low_quality_matches = cfg.allow_low_quality_matches
-        self.focal_alpha = cfg.focal_alpha
-        self.focal_gamma = cfg.focal_gamma
-        self.box_loss_type = cfg.box_loss
-        self.smooth_l1_beta = cfg.smooth_l1_beta
-        self.box_coder_weights = tuple(float(w) for w in cfg.box_coder_weights)
-        self.normalizer = cfg.loss_normalizer
-        check_focal(cfg)
         check_iou_thresholds(cfg)
+        self.smooth_l1_beta = cfg.smooth_l1_beta
         require(cfg.smooth_l1_beta >= 0, "smooth_l1_beta", cfg.smooth_l1_beta, "must be >= 0 (0 is L1)")
+        self.box_loss_type = cfg.box_loss
         if self.box_loss_type not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss_type!r}")
+        self.box_coder_weights = tuple(float(w) for w in cfg.box_coder_weights)
+        self.normalizer = cfg.loss_normalizer
         if self.normalizer not in NORMALIZERS:
             raise ValueError(f"loss_normalizer must be one of {NORMALIZERS}, got {self.normalizer!r}")
 
@@ -72,12 +68,9 @@ class RetinaNetLoss(nn.Module):
         matched = assign_by_iou(outputs, targets, self.fg_iou_thresh, self.bg_iou_thresh,
                                 self.allow_low_quality_matches)         # [B, N]
 
-        positive = matched >= 0                                         # [B, N]
-        batch_idx, anchor_idx = positive.nonzero(as_tuple=True)        # [P], [P]
-        gt = targets[batch_idx, matched[batch_idx, anchor_idx]].float()  # [P, 5]
+        positive, batch_idx, anchor_idx, gt = self.positives(matched, targets)  # [B, N], [P], [P], [P, 5]
 
-        focal = focal_loss_per_location(cls_logits, batch_idx, anchor_idx, gt[:, 4].long(),
-                                        self.focal_alpha, self.focal_gamma)   # [B, N]
+        focal = self.focal_loss(cls_logits, batch_idx, anchor_idx, gt)  # [B, N]
         not_ignored = (matched != IGNORE).to(focal.dtype)               # [B, N]
         cls_per_image = (focal * not_ignored).sum(dim=1)               # [B]
 

@@ -14,15 +14,13 @@ import torch
 from torch import nn
 
 from public.models.backbone import build_backbone
-from public.models.head import conv_tower, flatten_levels, head_norm_of, prediction_conv, prior_bias
-from public.ops.anchors import grid_anchors, retinanet_anchor_sizes
-
-FPN_STRIDES = (8, 16, 32, 64, 128)
+from public.models.head import DenseHead, head_norm_of
+from public.ops.anchors import FPN_STRIDES, grid_anchors, retinanet_anchor_sizes
 
 
-class RetinaNetHead(nn.Module):
-    """Shared over levels (paper Sec. 4, Fig. 3): a classification tower and a box tower of
-    ``num_convs`` 3x3 convs, then A*C class logits and A*4 box deltas per location.
+class RetinaNetHead(DenseHead):
+    """``DenseHead`` with A anchors per location, no Scale, no centerness (paper Sec. 4,
+    Fig. 3): cls [B, N, C] and box deltas [B, N, 4] for N = A * locations.
 
     The classifier's rows are anchor-major: row a*C + k is class k of anchor a (torchvision's
     layout, which ``flatten_levels`` reads).
@@ -30,18 +28,7 @@ class RetinaNetHead(nn.Module):
 
     def __init__(self, channels: int, num_anchors: int, num_classes: int, num_convs: int = 4,
                  norm: str = "none", prior_prob: float = 0.01):
-        super().__init__()
-        self.cls_tower = conv_tower(channels, num_convs, norm)
-        self.reg_tower = conv_tower(channels, num_convs, norm)
-        self.cls_logits = prediction_conv(channels, num_anchors * num_classes, prior_bias(prior_prob))
-        self.bbox_pred = prediction_conv(channels, num_anchors * 4)
-        self.num_classes = num_classes
-
-    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """features: [B, ch, H_l, W_l] per level -> cls [B, N, C], box deltas [B, N, 4]."""
-        cls_out = [self.cls_logits(self.cls_tower(x)) for x in features]   # [B, A*C, H, W] each
-        box_out = [self.bbox_pred(self.reg_tower(x)) for x in features]    # [B, A*4, H, W] each
-        return flatten_levels(cls_out, self.num_classes), flatten_levels(box_out, 4)  # [B, N, C], [B, N, 4]
+        super().__init__(channels, num_classes, num_convs, norm, prior_prob, num_anchors=num_anchors)
 
 
 class RetinaNet(nn.Module):

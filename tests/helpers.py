@@ -12,7 +12,7 @@ from public.data.collate import collate
 from public.data.demo import ensure_demo_data
 from public.data.prefetcher import normalize
 from public.data.transforms import build_transforms
-from public.engine.evaluator import coco_evaluate, detections_to_coco
+from public.engine.evaluate.evaluator import coco_evaluate, detections_to_coco
 
 
 def demo_subset(tmp_path: Path, num_images: int, split: str = "train") -> tuple[str, str]:

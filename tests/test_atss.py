@@ -8,15 +8,16 @@ import torch
 import torchvision
 from torchvision.models.detection._utils import Matcher
 
+from atss.assign import atss_assign, topk_assign
 from atss.config_demo import Config as DemoConfig
 from atss.decoder import ATSSDecoder
-from atss.loss import BOX_WEIGHTS, ATSSLoss, atss_assign, decode_boxes, topk_assign
+from atss.loss import ATSSLoss
 from atss.model import FPN_STRIDES, ATSSHead, square_anchors
 from fcos.loss import fcos_assign, level_size_bounds
 from public.models.backbone import build_backbone
 from public.models.dcn import DeformConv
 from public.ops.anchors import grid_points
-from public.ops.box_coder import encode_deltas
+from public.ops.box_coder import BOX_WEIGHTS, decode_boxes, encode_deltas
 
 LN2 = math.log(2)
 

@@ -52,7 +52,7 @@ def test_evaluate_reproduces_best_map(short_run):
     records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
     best = max(r["mAP"] for r in records)
     assert torch.load(work_dir / "best.pth", weights_only=True)["best_map"] == best
-    from public.engine.trainer import evaluate_checkpoint
+    from public.engine.evaluate.tester import evaluate_checkpoint
     cfg = load_config("fcos/config_demo.py", common)
     result = evaluate_checkpoint(cfg, str(work_dir / "best.pth"))
     assert result.stats[0] == best                       # exactly, not approximately
@@ -64,7 +64,7 @@ def test_evaluate_reproduces_best_map(short_run):
 def test_run_writes_results_and_tensorboard_from_its_metrics(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from public.engine.plots import read_results_csv
+    from public.engine.watch.plots import read_results_csv
     work_dir, _, _ = short_run
     records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
     rows = read_results_csv(work_dir / "results.csv")
@@ -90,7 +90,7 @@ def test_resume_continues_at_next_epoch(short_run):
     assert "epoch 1/3" not in out and "epoch 3/3" in out
     records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
-    from public.engine.plots import read_results_csv
+    from public.engine.watch.plots import read_results_csv
     assert [r["epoch"] for r in read_results_csv(work_dir / "results.csv")] == [1, 2, 3]
     assert torch.load(work_dir / "latest.pth", weights_only=True)["epoch"] == 3
 

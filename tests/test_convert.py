@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from public.data.coco import CocoDetection
-from public.data.convert import (ConversionError, labelme_to_coco, main, read_class_names, voc_to_coco,
+from tools.convert import (ConversionError, labelme_to_coco, main, read_class_names, voc_to_coco,
                                  yolo_to_coco)
 
 

@@ -23,8 +23,9 @@ def _worker(rank: int, world: int, port: int, images: str, annotations: str, out
     torch.set_num_threads(1)
     from fcos.config_demo import Config
     from public.engine import distributed
-    from public.engine.optim import LRScheduler, build_optimizer
-    from public.engine.trainer import build_loader, train_one_epoch
+    from public.engine.train.optim import LRScheduler, build_optimizer
+    from public.data.loaders import build_loader
+    from public.engine.train.loop import train_one_epoch
     from public.data.coco import CocoDetection
     from public.data.transforms import build_transforms
 
@@ -34,7 +35,7 @@ def _worker(rank: int, world: int, port: int, images: str, annotations: str, out
     assert distributed.get_world_size() == world and distributed.get_rank() == rank
     torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
     dataset = CocoDetection(images, annotations, build_transforms(cfg, train=True))
-    loader = build_loader(cfg, dataset, True, device)
+    loader = build_loader(cfg, dataset, True, device, rank, world)
     assert len(loader) == 2                      # 8 images / (2 per process x 2 processes)
     model = cfg.build_model(dataset.num_classes)  # (SyncBN is for GPUs; the trainer converts there)
     initial = {k: v.clone() for k, v in model.named_parameters()}

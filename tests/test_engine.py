@@ -7,9 +7,9 @@ import torch
 
 from fcos.config_demo import Config as DemoConfig
 from public.data.collate import Batch
-from public.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from public.engine.optim import LRScheduler, build_optimizer
-from public.engine.trainer import init_weights_from, train_one_epoch
+from public.engine.runs.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from public.engine.train.optim import LRScheduler, build_optimizer
+from public.engine.train.loop import init_weights_from, train_one_epoch
 
 
 def test_warmup_then_multistep():

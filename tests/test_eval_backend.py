@@ -10,8 +10,8 @@ import pytest
 
 from bench.eval_backends import coco_of, perturbed_detections, synthetic_gt
 from public.data.demo import ensure_demo_data
-from public.engine.evaluator import check_eval_backend, coco_evaluate
-from public.engine.report import f_measure_thresholds
+from public.engine.evaluate.evaluator import check_eval_backend, coco_evaluate
+from public.engine.evaluate.report import f_measure_thresholds
 
 pytest.importorskip("faster_coco_eval")
 

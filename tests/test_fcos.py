@@ -73,7 +73,7 @@ def test_overfit_small_fcos(tmp_path):
 def test_sparse_assignment_equals_dense(offset, counts):
     """The patch-gathering assignment gives exactly the dense answer, ties and borders included."""
     from public.ops.anchors import grid_points
-    from public.ops.assign import fcos_assign_sparse
+    from public.ops.assign_fcos import fcos_assign_sparse
     generator = torch.Generator().manual_seed(sum(counts) + int(offset * 10))
     h, w = 200, 264
     sizes = [((h + s - 1) // s, (w + s - 1) // s) for s in (8, 16, 32, 64, 128)]

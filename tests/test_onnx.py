@@ -16,10 +16,10 @@ import export  # export.py at the repository root
 from config import load_config
 from helpers import demo_subset
 from public.data.demo import DEMO_CATEGORY_IDS, DEMO_CLASSES
-from public.engine.checkpoint import save_checkpoint
-from public.engine.onnx_export import compare_with_pytorch, export_onnx, match_detections, require_onnx
-from public.engine.onnx_runtime import OnnxModel
-from public.engine.tester import detect_images, detect_video, evaluate_report
+from public.engine.runs.checkpoint import save_checkpoint
+from public.engine.export.exporter import compare_with_pytorch, export_onnx, match_detections, require_onnx
+from public.engine.export.runtime import OnnxModel
+from public.engine.evaluate.tester import detect_images, detect_video, evaluate_report
 
 # Measured on these models: boxes within 1.2e-4 px (FCOS, ATSS) and 9e-4 px (RetinaNet: its
 # largest anchors are ~800 px and the box sizes are exp() of the regression, so float32 rounding

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torchvision.ops import batched_nms, sigmoid_focal_loss
 
-from public.ops import postprocess
+from public.ops import decoder as postprocess
 from public.ops.losses import focal_loss_per_location
-from public.ops.postprocess import grouped_nms
+from public.ops.decoder import grouped_nms
 
 
 @pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.5)])

@@ -11,8 +11,8 @@ from pycocotools.coco import COCO
 from bench.eval_backends import perturbed_detections
 from helpers import demo_subset
 from public.data.coco import CocoDetection
-from public.engine.evaluator import coco_evaluate
-from public.engine.report import (_pr_at_iou50, class_colour, confusion_matrix, draw_detections,
+from public.engine.evaluate.evaluator import coco_evaluate
+from public.engine.evaluate.report import (_pr_at_iou50, class_colour, confusion_matrix, draw_detections,
                                   f_measure_thresholds, line_width, normalize_columns, plot_confusion_matrix,
                                   pr_figures, write_figures)
 

@@ -9,8 +9,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from atss.config import Config as ATSSConfig
 from config import load_config
 from fcos.config import Config as FCOSConfig
-from public.engine.optim import LRScheduler, build_optimizer
-from public.engine.resolve import resolve, resolve_for_run, step_epochs
+from public.engine.train.optim import LRScheduler, build_optimizer
+from public.engine.train.resolve import resolve, resolve_for_run, step_epochs
 from public.models.backbone import build_backbone
 from public.models.head import head_norm_of
 from retinanet.config import Config as RetinaNetConfig
@@ -81,7 +81,8 @@ def test_auto_head_norm_takes_the_checkpoint_value(tmp_path, capsys):
     (pretrained=True, auto: plain) builds GN towers from the checkpoint; resuming it keeps GN
     without a warning; an explicit other value is refused, naming the key."""
     from helpers import demo_subset
-    from public.engine.trainer import evaluate_checkpoint, train
+    from public.engine.evaluate.tester import evaluate_checkpoint
+    from public.engine.train.loop import train
     images, annotations = demo_subset(tmp_path, 4, "train")
     common = [f"train_images={images}", f"train_annotations={annotations}", f"val_images={images}",
               f"val_annotations={annotations}", f"work_dir={tmp_path / 'run'}", "backbone=resnet18",
@@ -161,10 +162,12 @@ def test_default_lr_steps_are_fractions_of_the_run(epochs, steps):
 
 def test_explicit_lr_steps_are_epochs():
     assert resolve(scratch(epochs=24, lr_steps=(8, 11)), 640).values["lr_steps"] == (8, 11)
-    with pytest.raises(ValueError, match="mixes"):
-        step_epochs((0.5, 11), 24)
+    with pytest.raises(ValueError, match="mixes"):              # checked where the key is declared
+        scratch(lr_steps=(0.5, 11))
     with pytest.raises(ValueError, match="positive"):
-        step_epochs((0, 0.5), 24)
+        scratch(lr_steps=(0, 0.5))
+    with pytest.raises(ValueError, match="whole numbers"):
+        scratch(lr_steps=(8.5, 11))
     resolution = resolve(scratch(epochs=6, lr_steps=(8, 11)), 640)
     assert any("not before the end" in w for w in resolution.warnings)
 
@@ -278,7 +281,7 @@ def test_resume_takes_the_stored_values_not_a_new_resolution():
 
 def test_a_run_logs_and_stores_the_resolved_values(tmp_path):
     from helpers import demo_subset
-    from public.engine.trainer import train
+    from public.engine.train.loop import train
     images, annotations = demo_subset(tmp_path, 6, "train")
     cfg = load_config("fcos/config.py", [
         f"train_images={images}", f"train_annotations={annotations}", f"val_images={images}",

@@ -1,8 +1,9 @@
 """Exact resume: a real train.py killed with SIGKILL at several moments and continued with
 resume=auto ends with exactly the weights of an uninterrupted run.
 
-The process is held at a named point (DENSEDET_PAUSE_AT, see public/engine/runstate.py), the
-test sees the marker file and sends SIGKILL from outside, as a crash or `kill -9` would.
+The process is held at a named point (tests/pausing_train.py wraps the engine's functions to
+stop there), the test sees the marker file and sends SIGKILL from outside, as a crash or
+`kill -9` would.
 """
 import io
 import json
@@ -21,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from public.data.demo import generate_demo_data
 from public.data.seeding import EpochBatches, EpochSamples
-from public.engine.runstate import (drop_rows_from_epoch, preserved_rng, remove_stale_tmp, rng_state,
+from public.engine.runs.state import (drop_rows_from_epoch, preserved_rng, remove_stale_tmp, rng_state,
                                     set_rng_state)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,12 +124,8 @@ def data(tmp_path_factory):
             "flops=False", "log_interval=1", "warmup_iters=2", "hflip_prob=0.5", "aspect_ratio_grouping=False"]
 
 
-def _env(pause_at: str = "", marker: Path | None = None) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("DENSEDET_PAUSE_AT", None)
-    if pause_at:
-        env.update(DENSEDET_PAUSE_AT=pause_at, DENSEDET_PAUSE_FILE=str(marker))
-    return env
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def train(args, pause_at: str = "", tmp: Path | None = None):
@@ -139,7 +136,8 @@ def train(args, pause_at: str = "", tmp: Path | None = None):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
     marker = tmp / f"paused_{pause_at.replace(':', '_')}"
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(pause_at, marker), stdout=subprocess.PIPE,
+    cmd = [sys.executable, "tests/pausing_train.py", pause_at, str(marker), *cmd[2:]]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not marker.exists():

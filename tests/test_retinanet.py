@@ -10,10 +10,10 @@ from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
-from public.ops import matcher as matcher_module
+from public.ops import assign_max_iou as matcher_module
 from public.ops.anchors import grid_anchors, retinanet_anchor_sizes
 from public.ops.box_coder import decode_deltas, encode_deltas
-from public.ops.matcher import max_iou_assign, max_iou_assign_sparse
+from public.ops.assign_max_iou import max_iou_assign, max_iou_assign_sparse
 from helpers import demo_subset, load_converted, overfit, perturb_for_oracle, random_targets, with_coco_names
 from retinanet.config import Config
 from retinanet.config_demo import Config as DemoConfig

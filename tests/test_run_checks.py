@@ -9,10 +9,11 @@ import torch
 
 import train as train_cli
 from config import load_config
+from retinanet.config import Config as RetinaNetConfig
 from public.data.demo import DEMO_CATEGORY_IDS, DEMO_CLASSES, generate_demo_data
-from public.engine.checkpoint import load_for_inference, save_checkpoint
-from public.engine.config_check import check_config, user_error_message
-from public.engine.identity import check_work_dir, differences, model_type
+from public.engine.runs.checkpoint import load_for_inference, save_checkpoint
+from public.engine.errors import user_error_message
+from public.engine.runs.identity import check_work_dir, differences, model_type
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +50,41 @@ def demo_checkpoint(path: Path, config: str = "fcos/config_demo.py", overrides=(
     ("epochs=-3", "epochs=-3 must be an integer >= 1"),
     ("lr=-1", "lr=-1.0 must be a number > 0"),
     ("eval_interval=0", "eval_interval=0 must be an integer >= 1"),
-    ("min_size=()", "min_size=() must be a non-empty tuple of positive integers"),
+    ("min_size=()", "min_size=() must be a non-empty tuple of integers >= 1"),
     ("batch_size=0", "batch_size=0 must be an integer >= 1"),
     ("hflip_prob=1.5", "hflip_prob=1.5 must be a number >= 0 and <= 1"),
     ("nms_thresh=0", "nms_thresh=0.0 must be a number > 0 and <= 1"),
     ("optimizer=adam", "optimizer='adam' must be one of 'sgd', 'adamw'"),
+    ("lr_steps=(0.5,8)", "lr_steps=(0.5, 8) mixes fractions of the run and epochs"),
+    ("scale_boundaries=(64,32,256,512)", "scale_boundaries=(64, 32, 256, 512) must be increasing"),
+    ("frozen_stages=5", "frozen_stages=5 must be an integer >= 0 and <= 4"),
 ])
 def test_bad_values_stop_with_one_line_naming_the_key(override, named, data, tmp_path, capsys):
+    """Checked once, when the config is loaded: the command exits 2 before anything runs."""
     _, common = data
     code, err = run_main([*common, f"work_dir={tmp_path / 'run'}", override], capsys)
-    assert code == 1 and err.count("\n") == 1 and err.startswith("error: bad config value: ") and named in err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: bad config value: ") and named in err
     assert not (tmp_path / "run").exists()                # refused before anything was written
 
 
 def test_iou_thresholds_must_be_ordered_and_good_configs_pass():
-    cfg = load_config("atss/config.py", ["positive_type=IoU", "fg_iou_thresh=0.4", "bg_iou_thresh=0.5"])
     with pytest.raises(ValueError, match=r"bg_iou_thresh=0.5 must be <= fg_iou_thresh=0.4"):
-        check_config(cfg)
+        load_config("atss/config.py", ["positive_type=IoU", "fg_iou_thresh=0.4", "bg_iou_thresh=0.5"])
+    with pytest.raises(ValueError, match=r"bg_iou_thresh=0.6 must be <= fg_iou_thresh=0.5"):
+        RetinaNetConfig(bg_iou_thresh=0.6)
     for config in ("fcos/config.py", "fcos/config_demo.py", "atss/config.py", "atss/config_demo.py",
                    "retinanet/config.py", "retinanet/config_demo.py"):
-        check_config(load_config(config))                # the shipped defaults are valid
-    check_config(load_config("fcos/config.py", ["epochs=0"]), training=False)   # --evaluate: no training keys
+        load_config(config).check()                      # the shipped defaults are valid
+
+
+def test_a_config_attribute_that_is_no_key_is_refused(tmp_path):
+    user = tmp_path / "mine.py"
+    user.write_text("from fcos.config import Config as Base\n\nclass Config(Base):\n    learning_rate = 0.1\n")
+    with pytest.raises(TypeError, match="Config.learning_rate is not a config key"):
+        load_config(user)
+    user.write_text("from fcos.config import Config as Base\n\nclass Config(Base):\n    nms_thresh = 7\n")
+    with pytest.raises(ValueError, match="nms_thresh=7.0 must be a number > 0 and <= 1"):
+        load_config(user)
 
 
 def test_user_errors_are_told_apart_from_bugs():
@@ -105,7 +120,7 @@ def test_empty_categories_stop_with_a_message_and_warnings_reach_train_log(data,
     log = (work_dir / "train.log").read_text()
     assert f"error: {bad} (images in " in log and "Traceback" in log      # the error, with its traceback
     import warnings
-    from public.engine.logger import setup_logging
+    from public.engine.watch.logger import setup_logging
     setup_logging(str(tmp_path / "warned"), True)
     warnings.warn("a library's warning")
     assert "warning: UserWarning: a library's warning" in (tmp_path / "warned" / "train.log").read_text()

@@ -20,10 +20,10 @@ from config import load_config
 from helpers import demo_subset
 from public.data.coco import CocoDetection
 from public.data.demo import DEMO_CATEGORY_IDS, DEMO_CLASSES
-from public.engine.checkpoint import load_for_inference, save_checkpoint
-from public.engine.evaluator import coco_evaluate
-from public.engine.inference import Predictor, to_original, tta_passes
-from public.engine.report import class_colour, f_measure_thresholds
+from public.engine.runs.checkpoint import load_for_inference, save_checkpoint
+from public.engine.evaluate.evaluator import coco_evaluate
+from public.engine.evaluate.inference import Predictor, to_original, tta_passes
+from public.engine.evaluate.report import class_colour, f_measure_thresholds
 from public.ops.voting import merge_detections
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,9 +32,9 @@ import retinanet.convert
 from config import load_config
 from helpers import perturb_for_oracle
 from public.data.demo import ensure_demo_data
-from public.engine.checkpoint import load_for_inference
-from public.engine.inference import Predictor
-from public.engine.trainer import evaluate_checkpoint
+from public.engine.runs.checkpoint import load_for_inference
+from public.engine.evaluate.inference import Predictor
+from public.engine.evaluate.tester import evaluate_checkpoint
 
 # A COCO-layout model (91 rows, row = category id) scored on five COCO classes.
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"},

@@ -18,8 +18,8 @@ from atss.config import Config as ATSSConfig
 from fcos.config import Config as FCOSConfig
 from fcos.config_demo import Config as FCOSDemoConfig
 from helpers import perturb_for_oracle
-from public.engine.checkpoint import load_for_inference, save_checkpoint
-from public.engine.trainer import init_weights_from
+from public.engine.runs.checkpoint import load_for_inference, save_checkpoint
+from public.engine.train.loop import init_weights_from
 from public.models.torchvision_compat import backbone_of, class_rows
 from retinanet.config import Config as RetinaNetConfig
 from retinanet.config_demo import Config as RetinaNetDemoConfig
@@ -132,7 +132,7 @@ def test_no_imagenet_weights_fetched_to_evaluate_or_fine_tune(tv_fcos_r18, tmp_p
     with pytest.raises(AssertionError, match="ImageNet weights requested"):
         FCOSConfig(backbone="resnet18").build_model(2)         # the guard is live
 
-    from public.engine.weights import without_imagenet
+    from public.engine.runs.weights import without_imagenet
     run = FCOSConfig(work_dir=str(tmp_path / "run"), init_from=str(path))
     assert not without_imagenet(run).pretrained and run.pretrained
     without_imagenet(run).build_model(2)                       # what train() builds before init_from: no fetch
@@ -183,7 +183,7 @@ def _rotated_jpeg(path):
 
 def test_exif_orientation_ignored_by_training_and_test_py(tmp_path, monkeypatch):
     import json
-    import public.engine.tester as tester
+    import public.engine.evaluate.tester as tester
     from public.data.coco import CocoDetection
     _rotated_jpeg(tmp_path / "rotated.jpg")
     assert cv2.imread(str(tmp_path / "rotated.jpg")).shape == (64, 40, 3)     # OpenCV's default rotates

@@ -15,10 +15,11 @@ import pytest
 
 from config import load_config
 from helpers import CapturedLog
-from public.data.check import check, level_rule, level_spread_hint, level_warnings, main as check_main
+from public.data.levels import level_spread_hint, level_warnings
+from tools.check_dataset import check, main as check_main
 from public.data.coco import CocoDetection
 from public.data.validate import DatasetError, check_same_classes, validate_coco
-from public.engine.evaluator import coco_evaluate
+from public.engine.evaluate.evaluator import coco_evaluate
 
 SIDE = 32
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
@@ -352,7 +353,7 @@ def test_malformed_ground_truth_does_not_crash_evaluation(tmp_path):
 # ---------------------------------------------------------------------------- training start
 
 def test_train_stops_before_the_first_step_and_logs_repairs(tmp_path):
-    from public.engine.trainer import train
+    from public.engine.train.loop import train
 
     images, annotations = broken_but_repairable()
     train_dir, train_json = write(tmp_path / "train", images, annotations)
@@ -403,7 +404,7 @@ def test_check_command_plot(tmp_path):
 
 
 def test_level_rules_by_hand():
-    fcos = level_rule(load_config("fcos/config.py"))       # scale_boundaries (64, 128, 256, 512)
+    fcos = load_config("fcos/config.py").level_rule()       # scale_boundaries (64, 128, 256, 512)
     wh = np.array([[100, 20], [130, 10], [300, 300], [1100, 50], [6, 30]], dtype=np.float64)
     level, small, large = fcos.assign(wh)
     # max side / 2 = 50 (P3), 65 (P4), 150 (P5), 550 (P7), 15 (P3); min side below the stride of that level:
@@ -411,7 +412,7 @@ def test_level_rules_by_hand():
     assert level.tolist() == [0, 1, 2, 4, 0]
     assert small.tolist() == [False, True, False, True, True] and not large.any()
 
-    retina = level_rule(load_config("retinanet/config.py"))  # anchors 32..512 x 2^(k/3), ratios 0.5, 1, 2
+    retina = load_config("retinanet/config.py").level_rule()  # anchors 32..512 x 2^(k/3), ratios 0.5, 1, 2
     level, small, large = retina.assign(np.array([[32, 32], [64, 64], [512, 512], [2000, 2000], [4, 4], [20, 20]],
                                                  float))
     assert level.tolist() == [0, 1, 4, 4, 0, 0]
@@ -420,11 +421,11 @@ def test_level_rules_by_hand():
     assert large.tolist() == [False, False, False, True, False, False]
     assert small.tolist() == [False, False, False, False, True, True]
 
-    atss = level_rule(load_config("atss/config.py"))        # one square anchor 64..1024 px
+    atss = load_config("atss/config.py").level_rule()        # one square anchor 64..1024 px
     level, small, large = atss.assign(np.array([[64, 64], [90, 90], [200, 100], [2100, 2100]], float))
     # 90 px: IoU 64^2/90^2 = 0.51 with 64 px against 90^2/128^2 = 0.49 with 128 px -> P3
     assert level.tolist() == [0, 0, 1, 4] and large.tolist() == [False, False, False, True]
-    ssc = level_rule(load_config("atss/config.py", ["positive_type=SSC"]))
+    ssc = load_config("atss/config.py", ["positive_type=SSC"]).level_rule()
     assert ssc.kind == "max_side" and math.isinf(ssc.bounds[-1])
 
 

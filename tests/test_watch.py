@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from public.engine import plots
-from public.engine.evaluator import STAT_NAMES
-from public.engine.logger import MetricLogger, setup_logging
+from public.engine.watch import plots
+from tools.plots import main as plots_main
+from public.engine.evaluate.evaluator import STAT_NAMES
+from public.engine.watch.logger import MetricLogger, setup_logging
 
 
 def metrics_row(epoch: int, seed: float, time: float) -> dict:
@@ -95,11 +96,11 @@ def test_compare_command_overlays_runs(tmp_path, capsys):
     for name, seed in (("a", 0.9), ("b", 0.4)):
         (tmp_path / name).mkdir()
         write_metrics(tmp_path / name / "metrics.jsonl", [metrics_row(e, seed / e, e) for e in (1, 2)])
-    out = plots.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp.png")])
+    out = plots_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp.png")])
     assert cv2.imread(str(out)) is not None and "2 runs" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
-        plots.main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")])
+        plots_main([str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")])
 
 
 # ---- progress bars and log lines ----------------------------------------------------------------------

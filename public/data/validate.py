@@ -1,7 +1,7 @@
 """One validation pass over a COCO-format json and its image folder.
 
 Used by `CocoDetection` (so by every training run, `--evaluate` and `test.py`) and by the
-dataset check command (`python -m public.data.check`). It reads the json once, every image's
+dataset check command (`python -m tools.check_dataset`). It reads the json once, every image's
 header (size and format) and its last bytes (JPEG end marker / PNG IEND chunk, the cheap sign of
 a truncated file), and returns:
 

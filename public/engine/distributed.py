@@ -79,3 +79,20 @@ def broadcast_object(obj, src: int = 0):
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def amp_dtype_of(cfg) -> torch.dtype | None:
+    """The autocast dtype of ``cfg`` (``amp``, ``amp_dtype``), None without mixed precision."""
+    return getattr(torch, cfg.amp_dtype) if cfg.amp else None
+
+
+def prepare_demo_data(cfg) -> None:
+    """Generate the built-in demo data if the config points into it (the main process, while
+    the others wait)."""
+    from public.data.demo import ensure_demo_data
+    from public.data.loaders import uses_demo_data
+
+    if uses_demo_data(cfg):
+        if is_main_process():
+            ensure_demo_data()
+        barrier()

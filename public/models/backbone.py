@@ -101,12 +101,7 @@ def backbone_freezing(cfg) -> tuple[int, bool]:
     recipe (stem + stage 1 and BatchNorm frozen) when the backbone starts from trained weights
     (``pretrained``, ``backbone_weights`` or ``init_from``), everything trained from random
     init, where freezing would only keep random weights and identity BatchNorm."""
-    trained = bool(cfg.pretrained or cfg.backbone_weights or cfg.init_from)
-    frozen_stages = (1 if trained else 0) if cfg.frozen_stages == "auto" else cfg.frozen_stages
-    freeze_bn = trained if cfg.freeze_bn == "auto" else cfg.freeze_bn
-    if not 0 <= frozen_stages <= 4:
-        raise ValueError(f"frozen_stages must be in 0..4 or 'auto', got {frozen_stages}")
-    return frozen_stages, freeze_bn
+    return cfg.effective("frozen_stages"), cfg.effective("freeze_bn")
 
 
 def build_backbone(cfg) -> BackboneWithFPN:
@@ -116,8 +111,6 @@ def build_backbone(cfg) -> BackboneWithFPN:
     Frozen stages and frozen BN follow ``backbone_freezing``: the paper's fine-tuning recipe
     with trained weights, everything trained from scratch, unless set explicitly.
     """
-    if cfg.backbone not in BACKBONES:
-        raise ValueError(f"backbone '{cfg.backbone}' is not one of {', '.join(BACKBONES)}")
     frozen_stages, freeze_bn = backbone_freezing(cfg)
     norm_layer = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
     net = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm_layer)

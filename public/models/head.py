@@ -1,10 +1,14 @@
-"""Pieces every dense head shares: conv towers, the per-level Scale, the flatten helper."""
+"""The dense head every detector here shares (``DenseHead``) and its pieces: conv towers, the
+per-level Scale, the flatten helper."""
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from public.models.dcn import DeformConv
 
 
 class Scale(nn.Module):
@@ -17,16 +21,6 @@ class Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
-
-
-def head_norm_of(cfg) -> str:
-    """``cfg.head_norm`` with "auto" resolved: GroupNorm towers when the model trains from
-    random weights (no ``pretrained``, ``backbone_weights`` or ``init_from``), where plain towers
-    (the RetinaNet paper's) do not learn to classify; the plain towers otherwise. A run that
-    loads a checkpoint takes the checkpoint's value instead (``identity.take_auto_settings``)."""
-    if cfg.head_norm != "auto":
-        return cfg.head_norm
-    return "none" if (cfg.pretrained or cfg.backbone_weights or cfg.init_from) else "GN"
 
 
 def conv_tower(channels: int, num_convs: int, norm: str = "GN") -> nn.Sequential:
@@ -64,6 +58,14 @@ def prior_bias(prior_prob: float) -> float:
     return -math.log((1 - prior_prob) / prior_prob)
 
 
+def deformable_last_conv(tower: nn.Sequential) -> nn.Sequential:
+    """Replace the last 3x3 conv of a tower by a modulated deformable conv with the same weights
+    (official ATSS USE_DCN_IN_TOWER: DFConv2d, DCNv2, as the last tower conv); in place."""
+    index = max(i for i, layer in enumerate(tower) if isinstance(layer, nn.Conv2d))
+    tower[index] = DeformConv.from_conv(tower[index], modulated=True)
+    return tower
+
+
 def flatten_levels(per_level: list[torch.Tensor], channels_per_location: int) -> torch.Tensor:
     """[(B, A*K, H_l, W_l)] per level -> (B, sum_l H_l*W_l*A, K), levels concatenated.
 
@@ -77,3 +79,76 @@ def flatten_levels(per_level: list[torch.Tensor], channels_per_location: int) ->
         x = x.permute(0, 3, 4, 1, 2)                      # [B, H, W, A, K]
         out.append(x.reshape(b, -1, channels_per_location))  # [B, H*W*A, K]
     return torch.cat(out, dim=1)
+
+
+def head_norm_of(cfg) -> str:  # TEMPORARY: removed once the model files read cfg.effective("head_norm")
+    return cfg.effective("head_norm")
+
+
+# What the box regression passes through after the (scaled) conv, by name.
+BOX_ACTIVATIONS = {"relu": F.relu, "exp": torch.exp, "none": lambda x: x}
+
+
+class DenseHead(nn.Module):
+    """Shared over levels: a classification tower and a regression tower of ``num_convs`` 3x3
+    convs, then A*C class logits and A*4 box values per location; optionally a per-level
+    Scale on the box values and one centerness logit per location (FCOS, ATSS).
+
+    Modules are created in a fixed order (towers, deformable convs, ``cls_logits``,
+    ``bbox_pred``, ``centerness``, ``scales``), so that a seed gives the same initial weights
+    to every head with the same parts, and their names are the state-dict keys of checkpoints
+    and of the torchvision converters.
+
+    Args:
+        channels: FPN channels, in and through the towers.
+        num_classes: C. ``num_anchors``: A per location (class rows anchor-major, row a*C + k).
+        norm: "GN" or "none" in the towers. ``prior_prob``: initial foreground probability.
+        box_bias: initial bias of the box values.
+        box_activation: "relu", "exp" or "none", applied after the Scale.
+        num_levels: one learnable Scale per level; 0 for none.
+        centerness_on: "reg" or "cls", the tower the centerness conv reads; None for no centerness.
+        dcn: the last conv of each tower is a modulated deformable conv.
+    """
+
+    def __init__(self, channels: int, num_classes: int, num_convs: int = 4, norm: str = "GN",
+                 prior_prob: float = 0.01, *, num_anchors: int = 1, box_bias: float = 0.0,
+                 box_activation: str = "none", num_levels: int = 0, centerness_on: str | None = None,
+                 dcn: bool = False):
+        super().__init__()
+        if box_activation not in BOX_ACTIVATIONS:
+            raise ValueError(f"box_activation must be one of {', '.join(BOX_ACTIVATIONS)}, got {box_activation!r}")
+        if centerness_on not in ("reg", "cls", None):
+            raise ValueError(f"centerness_on must be 'reg', 'cls' or None, got {centerness_on!r}")
+        self.cls_tower = conv_tower(channels, num_convs, norm)
+        self.reg_tower = conv_tower(channels, num_convs, norm)
+        if dcn:
+            deformable_last_conv(self.cls_tower)
+            deformable_last_conv(self.reg_tower)
+        self.cls_logits = prediction_conv(channels, num_anchors * num_classes, prior_bias(prior_prob))
+        self.bbox_pred = prediction_conv(channels, num_anchors * 4, box_bias)
+        self.centerness = prediction_conv(channels, 1) if centerness_on else None
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        self.num_classes = num_classes
+        self.box_activation = box_activation
+        self.centerness_on = centerness_on
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """features: [B, ch, H_l, W_l] per level -> cls [B, N, C], box [B, N, 4] and, with a
+        centerness conv, centerness [B, N]; N = sum over levels of H_l * W_l * A."""
+        activation = BOX_ACTIVATIONS[self.box_activation]
+        cls_out, box_out, ctr_out = [], [], []
+        for level, x in enumerate(features):
+            cls_feat = self.cls_tower(x)
+            reg_feat = self.reg_tower(x)
+            box = self.bbox_pred(reg_feat)                             # [B, A*4, H, W]
+            if len(self.scales):
+                box = self.scales[level](box)
+            cls_out.append(self.cls_logits(cls_feat))                  # [B, A*C, H, W]
+            box_out.append(activation(box))
+            if self.centerness is not None:
+                ctr_out.append(self.centerness(reg_feat if self.centerness_on == "reg" else cls_feat))  # [B, 1, H, W]
+        outputs = (flatten_levels(cls_out, self.num_classes),         # [B, N, C]
+                   flatten_levels(box_out, 4))                         # [B, N, 4]
+        if self.centerness is None:
+            return outputs
+        return outputs + (flatten_levels(ctr_out, 1).squeeze(-1),)   # [B, N]

@@ -1,5 +1,5 @@
 """What a torchvision detection state dict does not say outright: which ResNet its backbone is,
-and which of its class rows belong to a dataset's categories.
+and which of its class rows belong to a dataset's categories; and the renaming of its keys.
 
 Used by the converters (``fcos/convert.py``, ``retinanet/convert.py``).
 """
@@ -90,3 +90,29 @@ def class_rows(num_outputs: int, category_ids: list[int], class_names: list[str]
     logger.warning("%s has %d class outputs and no class names: rows picked by category id, names not checked",
                    model, num_outputs)
     return torch.as_tensor(category_ids)
+
+
+def renamed(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """``key`` with the first of the ``renames`` (old prefix, new prefix) it starts with
+    replaced; unchanged when none matches."""
+    for old, new in renames:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def take_class_rows(out: dict, num_anchors: int, category_ids: list[int], class_names: list[str] | None,
+                    model: str) -> None:
+    """In place on a converted state dict: keep, for every anchor, the rows of
+    ``head.cls_logits`` that ``class_rows`` picks for the dataset's categories (rows are
+    anchor-major, a * K + k for K outputs per anchor); drop the layer when they are another
+    class set, so that the caller re-initialises it or refuses.
+    """
+    weight, bias = out["head.cls_logits.weight"], out["head.cls_logits.bias"]   # [A*K, ch, 3, 3], [A*K]
+    num_outputs = weight.shape[0] // num_anchors
+    rows = class_rows(num_outputs, category_ids, class_names, model)
+    if rows is None:
+        del out["head.cls_logits.weight"], out["head.cls_logits.bias"]
+        return
+    out["head.cls_logits.weight"] = weight.unflatten(0, (num_anchors, num_outputs))[:, rows].flatten(0, 1)
+    out["head.cls_logits.bias"] = bias.view(num_anchors, num_outputs)[:, rows].flatten()

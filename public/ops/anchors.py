@@ -1,7 +1,10 @@
-"""Location grids of the feature pyramid."""
+"""Location grids of the feature pyramid: points, their strides, and anchors."""
 from __future__ import annotations
 
 import torch
+
+# The strides of P3..P7, the levels public/models/backbone.py builds for every model.
+FPN_STRIDES = (8, 16, 32, 64, 128)
 
 
 def grid_steps(image_size: tuple[int, int] | None, feature_size: tuple[int, int], stride: int) -> tuple[int, int]:

@@ -44,20 +44,32 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+def box_centers(boxes: torch.Tensor) -> torch.Tensor:
+    """[..., 4] xyxy -> [..., 2] (x, y)."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2
+
+
+def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of corresponding boxes: [..., 4] and [..., 4] (broadcast) -> [...].
+
+    torchvision's ``box_iou`` arithmetic (the same operations in the same order, so the same
+    float values for a pair however it is laid out), in place on the result-sized buffers.
+    """
+    width = torch.minimum(boxes1[..., 2], boxes2[..., 2]).sub_(torch.maximum(boxes1[..., 0], boxes2[..., 0])).clamp_(min=0)
+    height = torch.minimum(boxes1[..., 3], boxes2[..., 3]).sub_(torch.maximum(boxes1[..., 1], boxes2[..., 1])).clamp_(min=0)
+    inter = width.mul_(height)                                   # [...]
+    union = (box_area(boxes1) + box_area(boxes2)).sub_(inter)   # [...]
+    return inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
+
+
 def pairwise_iou(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """IoU of every anchor with every box of every image.
 
     anchors [N, 4] (shared by the batch) or [B, N, 4]; boxes [B, M, 4] -> [B, N, M].
-    torchvision's ``box_iou`` is the 2-D case; this broadcasts it over the batch with the
-    same arithmetic (so the same values), working in place on the [B, N, M] buffers: this is
-    the largest tensor of max-IoU matching, so each extra pass over it shows in the step time.
+    torchvision's ``box_iou`` is the 2-D case; ``paired_iou`` broadcasts it over the batch
+    in place on the [B, N, M] buffers: this is the largest tensor of max-IoU matching, so each
+    extra pass over it shows in the step time.
     """
     if anchors.dim() == 2:
         anchors = anchors[None]
-    a = anchors[:, :, None, :]                                   # [B or 1, N, 1, 4]
-    b = boxes[:, None, :, :]                                     # [B, 1, M, 4]
-    width = torch.minimum(a[..., 2], b[..., 2]).sub_(torch.maximum(a[..., 0], b[..., 0])).clamp_(min=0)   # [B, N, M]
-    height = torch.minimum(a[..., 3], b[..., 3]).sub_(torch.maximum(a[..., 1], b[..., 1])).clamp_(min=0)  # [B, N, M]
-    inter = width.mul_(height)                                   # [B, N, M]
-    union = (box_area(anchors)[:, :, None] + box_area(boxes)[:, None, :]).sub_(inter)
-    return inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
+    return paired_iou(anchors[:, :, None, :], boxes[:, None, :, :])   # [B, N, M]

@@ -1,11 +1,15 @@
-"""Losses: torchvision's focal and GIoU losses, plus the IoU loss torchvision lacks."""
+"""Losses: torchvision's focal and GIoU losses, plus the IoU loss torchvision lacks, and the
+``DenseLoss`` base of the detectors' losses."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-__all__ = ["sigmoid_focal_loss", "box_iou_loss", "focal_loss_per_location", "official_fcos_iou_loss"]
+from public.ops.settings import check_focal
+
+__all__ = ["sigmoid_focal_loss", "box_iou_loss", "focal_loss_per_location", "official_fcos_iou_loss", "DenseLoss"]
 
 
 def box_iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou", eps: float = 1e-7) -> torch.Tensor:
@@ -75,3 +79,34 @@ def focal_loss_per_location(logits: torch.Tensor, batch_idx: torch.Tensor, loc_i
     x = logits[batch_idx, loc_idx, labels]                                 # [P]
     as_positive = (1 - torch.sigmoid(x)).pow(gamma) * F.softplus(-x) * alpha_pos
     return per_location.index_put((batch_idx, loc_idx), as_positive - as_negative(x), accumulate=True)
+
+
+class DenseLoss(nn.Module):
+    """Base of the dense detectors' losses: the focal loss settings (checked), and the
+    positives of an assignment with their classification loss.
+
+    A subclass reads its own settings and implements ``forward(outputs, targets)``.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.focal_alpha = cfg.focal_alpha
+        self.focal_gamma = cfg.focal_gamma
+        check_focal(cfg)
+
+    @staticmethod
+    def positives(matched: torch.Tensor, targets: torch.Tensor):
+        """An assignment's matched_gt int64 [B, N] (>= 0 for a box index) + targets [B, M, 5] ->
+        positive bool [B, N]; and per positive: image index [P], location index [P], its
+        matched box and label [P, 5] float32."""
+        positive = matched >= 0                                         # [B, N]
+        batch_idx, loc_idx = positive.nonzero(as_tuple=True)           # [P], [P]
+        gt = targets[batch_idx, matched[batch_idx, loc_idx]].float()   # [P, 5]
+        return positive, batch_idx, loc_idx, gt
+
+    def focal_loss(self, cls_logits: torch.Tensor, batch_idx: torch.Tensor, loc_idx: torch.Tensor,
+                   gt: torch.Tensor) -> torch.Tensor:
+        """``focal_loss_per_location`` of cls_logits [B, N, C] with the positives of
+        ``positives`` (labels in gt[:, 4]) -> [B, N]."""
+        return focal_loss_per_location(cls_logits, batch_idx, loc_idx, gt[:, 4].long(),
+                                       self.focal_alpha, self.focal_gamma)

@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 logger = logging.getLogger("densedet")
 
+# COCO's 12 stats, in COCOeval's order: the columns of metrics.jsonl and results.csv.
+STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "mAR", "ARs", "ARm", "ARl")
 FILE_ONLY = {"file_only": True}  # ``logger.info(..., extra=FILE_ONLY)``: train.log, not the console
 
 

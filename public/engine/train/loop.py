@@ -5,37 +5,28 @@ import functools
 import json
 import logging
 import math
-import random
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 
-from public.data.check import level_warnings, resized_box_sizes
-from public.data.coco import CocoDetection
-from public.data.collate import collate
-from public.data.demo import DEMO_ROOT, ensure_demo_data
+from public.data.levels import level_warnings, resized_box_sizes
+from public.data.loaders import build_dataset, build_loader
 from public.data.prefetcher import Prefetcher, eval_resize
-from public.data.sampler import GroupedBatchSampler
-from public.data.seeding import EpochBatches, EpochSamples
-from public.data.transforms import build_transforms
 from public.data.validate import check_same_classes
 from public.engine import distributed as dist_utils
-from public.engine import resume as resume_utils
-from public.engine.checkpoint import (build_model_for_checkpoint, is_densedet, load_checkpoint, load_for_inference,
-                                      load_model_weights, model_state_from_checkpoint, save_checkpoint)
-from public.engine.config_check import check_config
-from public.engine.evaluator import EvalResult, check_eval_backend, evaluate, format_per_class, format_stats
-from public.engine.identity import model_type, take_auto_settings
-from public.engine.logger import MetricLogger, append_jsonl, setup_logging
-from public.engine.optim import LRScheduler, build_optimizer
-from public.engine.plots import RunRecorder
-from public.engine.resolve import resolve_for_run
-from public.engine.runstate import drop_rows_from_epoch, pausable, pause_point, preserved_rng, seed_everything
-from public.engine.weights import check_only_class_layer_differs, match_classes_by_name, without_imagenet
+from public.engine.distributed import amp_dtype_of, prepare_demo_data
+from public.engine.evaluate.evaluator import check_eval_backend, evaluate, log_evaluation
+from public.engine.runs import resume as resume_utils
+from public.engine.runs.checkpoint import (build_model_for_checkpoint, is_densedet, load_checkpoint,
+                                           load_model_weights, model_state_from_checkpoint, save_checkpoint)
+from public.engine.runs.identity import model_type, take_auto_settings
+from public.engine.runs.state import drop_rows_from_epoch, preserved_rng, seed_everything
+from public.engine.runs.weights import check_only_class_layer_differs, match_classes_by_name, without_imagenet
+from public.engine.train.optim import LRScheduler, build_optimizer
+from public.engine.train.resolve import resolve_for_run
+from public.engine.watch.logger import MetricLogger, append_jsonl, setup_logging
+from public.engine.watch.plots import RunRecorder
 
 logger = logging.getLogger("densedet")
 
@@ -43,77 +34,7 @@ logger = logging.getLogger("densedet")
 EPOCH_FILES = ("metrics.jsonl", "results.csv")
 
 
-# ---- data ----------------------------------------------------------------------------------
-def prepare_demo_data(cfg) -> None:
-    """Generate the built-in demo data if the config points into it (main process first)."""
-    paths = (cfg.train_images, cfg.train_annotations, cfg.val_images, cfg.val_annotations)
-    if any(Path(p).resolve().is_relative_to(DEMO_ROOT) for p in paths):
-        if dist_utils.is_main_process():
-            ensure_demo_data()
-        dist_utils.barrier()
-
-
-def build_dataset(cfg, train: bool) -> CocoDetection:
-    images, annotations = ((cfg.train_images, cfg.train_annotations) if train
-                           else (cfg.val_images, cfg.val_annotations))
-    return CocoDetection(images, annotations, build_transforms(cfg, train), cfg.check_images)
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Every world_size-th index from this rank's: evaluation shards without the duplicates
-    DistributedSampler pads with (which would count some images twice)."""
-
-    def __init__(self, size: int, rank: int, world_size: int):
-        self.indices = list(range(rank, size, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def build_loader(cfg, dataset, train: bool, device: torch.device, collate_fn=None) -> DataLoader:
-    """Training: shuffled (sharded under DDP), in batches of one orientation with
-    ``aspect_ratio_grouping``; evaluation: in order, each rank its own shard.
-    ``collate_fn`` replaces the padding ``collate`` (test-time augmentation takes raw samples).
-
-    Training batches are a function of (seed, epoch) (call ``loader.batch_sampler.set_epoch``)
-    and each image's augmentation of (seed, epoch, index) (``public.data.seeding``), whatever
-    the process, worker count or resume; the loaders draw their worker seeds from their own
-    generator, not from the process's torch RNG."""
-    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
-    collate_fn = collate_fn or functools.partial(collate, size_divisible=cfg.size_divisible)
-    common = {"num_workers": cfg.num_workers, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
-              "persistent_workers": cfg.num_workers > 0, "worker_init_fn": _seed_worker,
-              "generator": torch.Generator().manual_seed(cfg.seed + rank)}
-    if not train:
-        sampler = ShardSampler(len(dataset), rank, world) if world > 1 else SequentialSampler(dataset)
-        return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, **common)
-    drop_last = len(dataset) >= cfg.batch_size * world
-    if cfg.aspect_ratio_grouping:
-        batches = GroupedBatchSampler(dataset.portrait(), cfg.batch_size, rank, world, cfg.seed, drop_last)
-    else:  # a permutation from seed + epoch, as GroupedBatchSampler's (one process: all of it)
-        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=world > 1)
-        batches = BatchSampler(sampler, cfg.batch_size, drop_last)
-    return DataLoader(EpochSamples(dataset, cfg.seed), batch_sampler=EpochBatches(batches), **common)
-
-
 # ---- model ---------------------------------------------------------------------------------
-def amp_dtype_of(cfg) -> torch.dtype | None:
-    if not cfg.amp:
-        return None
-    if cfg.amp_dtype not in ("float16", "bfloat16"):
-        raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {cfg.amp_dtype!r}")
-    return getattr(torch, cfg.amp_dtype)
-
-
 def count_flops(model, cfg, device) -> tuple[float, int]:
     """Forward GFLOPs at test_min_size x test_min_size and the parameter count."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -159,7 +80,6 @@ def train(cfg) -> float:
     """Train ``cfg``; returns the best mAP. Launched once per process (torchrun for DDP)."""
     device = dist_utils.init_distributed(cfg.device)
     main = dist_utils.is_main_process()
-    check_config(cfg, training=True)
     work_dir = Path(cfg.work_dir)
     resume = resume_utils.resume_path(cfg)
     notes = resume_utils.prepare_work_dir(cfg)   # refuses a work_dir that holds another run
@@ -181,8 +101,9 @@ def train(cfg) -> float:
                                checkpoint.get("resolved") if checkpoint is not None else None, logger)
     if checkpoint is not None:  # a checkpoint from before head_norm was resolved: its stored value
         take_auto_settings(cfg, checkpoint.get("config") or {})
-    train_loader = build_loader(cfg, train_set, True, device)
-    val_loader = build_loader(cfg, val_set, False, device)
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    train_loader = build_loader(cfg, train_set, True, device, rank, world)
+    val_loader = build_loader(cfg, val_set, False, device, rank, world)
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.train_annotations}: {len(train_set)} images is fewer than one batch of {cfg.batch_size}")
 
@@ -217,7 +138,7 @@ def train(cfg) -> float:
                     train_set.num_classes, ", ".join(train_set.class_names[:20]))
         # e.g. the paper's level ranges or anchors on small objects: every box on P3, or none matched well
         for line in level_warnings(cfg, resized_box_sizes(train_set.validation, cfg, train=True)[0]):
-            logger.warning("levels: %s (python -m public.data.check shows the table)", line)
+            logger.warning("levels: %s (python -m tools.check_dataset shows the table)", line)
         if cfg.flops:
             gflops, params = count_flops(model, cfg, device)
             logger.info("model: %.2fM parameters, %.1f GFLOPs per %dpx forward", params / 1e6, gflops, cfg.test_min_size)
@@ -270,7 +191,7 @@ def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, 
     the best mAP. Random states are left as they were, so the training that follows does not
     depend on whether this ran (or ran again on resume)."""
     with preserved_rng():
-        result = evaluate(model, decoder, pausable(val_loader, f"eval:{epoch}"), val_set, device, amp_dtype,
+        result = evaluate(model, decoder, val_loader, val_set, device, amp_dtype,
                           cfg.channels_last, cfg.eval_backend, eval_resize(cfg))
     scheduler.step_metric(result.stats[0])
     if dist_utils.is_main_process():
@@ -312,41 +233,5 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, device
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        pause_point(f"iter:{scheduler.iteration}")
         metric_logger.update(loss=sum(values), **dict(zip(losses, values)), lr=scheduler.get_lr())
     return {k: v for k, v in metric_logger.averages().items() if k.startswith("loss")}
-
-
-def log_evaluation(result: EvalResult, epoch: int | None = None) -> None:
-    m = result.metrics
-    prefix = f"epoch {epoch}: " if epoch is not None else ""
-    logger.info("%smAP %.4f  mAR %.4f  | %s", prefix, m["mAP"], m["mAR"],
-                "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("mAP", "mAR")))
-
-
-# ---- --evaluate ------------------------------------------------------------------------------
-def evaluate_checkpoint(cfg, path: str) -> EvalResult:
-    """Score a checkpoint (ours, or a torchvision state dict) on the config's validation set;
-    print the 12 COCO stats and a per-class AP table."""
-    device = dist_utils.init_distributed(cfg.device)
-    setup_logging(None, dist_utils.is_main_process())
-    check_config(cfg, training=False)
-    prepare_demo_data(cfg)
-    val_set = build_dataset(cfg, train=False)
-    loaded = load_for_inference(cfg, path, val_set.category_ids, val_set.class_names)
-    if loaded.overrides:  # a foreign checkpoint's settings may change the eval transforms
-        val_set = build_dataset(cfg, train=False)
-    model = loaded.model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader = build_loader(cfg, val_set, False, device)
-    start = time.perf_counter()
-    result = evaluate(model, cfg.build_decoder(), loader, val_set, device, amp_dtype_of(cfg), cfg.channels_last,
-                      cfg.eval_backend, eval_resize(cfg))
-    if dist_utils.is_main_process():
-        logger.info("evaluated %s on %s (%d images) in %.1fs, %.1f ms/image (model+decoder)", path,
-                    cfg.val_annotations, len(val_set), time.perf_counter() - start, 1000 * result.seconds_per_image)
-        logger.info("COCO stats:\n%s", format_stats(result.stats))
-        logger.info("per-class AP (weakest first):\n%s", format_per_class(result.per_class))
-        log_evaluation(result)
-    return result

@@ -2,23 +2,22 @@
 
 ``load_onnx`` returns the same ``LoadedModel`` as ``load_for_inference``, with an
 ``OnnxModel`` in place of the network: the ``Predictor`` (detection, TTA) hands it the padded
-uint8 batch and gets the decoded detections from the graph, and ``predict_batches`` does the
-same over an evaluation loader. Preprocessing (resize, padding) stays the config's, as for a
-checkpoint; the graph normalises, runs the network and decodes (public/engine/onnx_export.py).
+uint8 batch and gets the decoded detections from the graph, and
+``evaluate.evaluator.predict_onnx`` does the same over an evaluation loader. Preprocessing
+(resize, padding) stays the config's, as for a checkpoint; the graph normalises, runs the
+network and decodes (exporter.py).
 """
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from public.engine.checkpoint import LoadedModel
-from public.engine.evaluator import detections_to_coco
-from public.engine.onnx_export import METADATA_KEY, OUTPUT_NAMES, require_onnx
+from public.engine.runs.checkpoint import LoadedModel
+from public.engine.export.exporter import METADATA_KEY, OUTPUT_NAMES, require_onnx
 
 logger = logging.getLogger("densedet")
 
@@ -104,20 +103,3 @@ def _warn_differences(cfg, meta: dict, path) -> None:
 
 def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
-
-
-@torch.no_grad()
-def predict_batches(model: OnnxModel, loader, label_to_cat_id: list[int], log_interval: int = 50):
-    """Evaluation loader (padded ``Batch``es) -> (COCO result dicts, seconds per image of the
-    ONNX session), as ``evaluator.predict`` does for a PyTorch model and decoder."""
-    results, seconds, count = [], 0.0, 0
-    for i, batch in enumerate(loader):
-        start = time.perf_counter()
-        detections = model.detect(batch.images, batch.image_sizes)
-        seconds += time.perf_counter() - start
-        count += len(batch)
-        results.extend(detections_to_coco(detections, batch, label_to_cat_id))
-        if (i + 1) % log_interval == 0:
-            logger.info("evaluating [%d/%d]", i + 1, len(loader))
-    return results, seconds / max(count, 1)
-

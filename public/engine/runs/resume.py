@@ -13,9 +13,9 @@ import logging
 from pathlib import Path
 
 from public.engine import distributed as dist_utils
-from public.engine.checkpoint import is_densedet, load_checkpoint, load_model_weights
-from public.engine.identity import check_checkpoint, check_work_dir
-from public.engine.runstate import remove_stale_tmp, rng_state, set_rng_state
+from public.engine.runs.checkpoint import is_densedet, load_checkpoint, load_model_weights
+from public.engine.runs.identity import check_checkpoint, check_work_dir
+from public.engine.runs.state import remove_stale_tmp, rng_state, set_rng_state
 
 logger = logging.getLogger("densedet")
 

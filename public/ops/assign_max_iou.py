@@ -5,8 +5,8 @@ import torch
 
 # Elements of one [B, chunk, M] IoU block, the bound all assigners share; it bounds matching
 # memory for crowded images (500 boxes x 16 images x 2000 anchors = 16M floats = 64 MB per block).
-from public.ops.assign import ASSIGN_CHUNK_ELEMENTS
-from public.ops.boxes import pairwise_iou
+from public.ops.assign_fcos import ASSIGN_CHUNK_ELEMENTS
+from public.ops.boxes import paired_iou, pairwise_iou
 
 BACKGROUND = -1
 IGNORE = -2
@@ -84,13 +84,6 @@ def max_iou_assign(anchors: torch.Tensor, targets: torch.Tensor, fg_iou_thresh: 
         b, n = b[keep], n[keep]
         matched[b, n] = all_best[b, n]
     return matched
-
-
-def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of paired boxes, [..., 4] each -> [...], by ``pairwise_iou`` itself (so the same float
-    values as the dense rule for the same pair, which the sparse matcher's ties rely on)."""
-    b = b.expand_as(a)
-    return pairwise_iou(a.reshape(-1, 1, 4), b.reshape(-1, 1, 4)).view(a.shape[:-1])
 
 
 def _anchor_shapes(anchors: torch.Tensor, num_per_level: list[int], feature_sizes: list[tuple[int, int]],
@@ -217,7 +210,7 @@ def max_iou_assign_sparse(anchors: torch.Tensor, targets: torch.Tensor, num_per_
         col = torch.minimum(col.clamp(min=0), shape["W"] - 1)
         row = torch.minimum(row.clamp(min=0), shape["H"] - 1)
         n = shape["start"] + (row * shape["W"] + col) * shape["A"] + shape["a"]  # [B, M, S]
-        best = _paired_iou(anchors[n], boxes[:, :, None, :]).amax(dim=2)     # [B, M]
+        best = paired_iou(anchors[n], boxes[:, :, None, :]).amax(dim=2)      # [B, M]
         threshold = torch.minimum(threshold, best)
     threshold = torch.where(valid, threshold, torch.zeros_like(threshold)) * (1 - _SLACK)
     t = threshold[..., None]                                             # [B, M, 1]
@@ -244,7 +237,7 @@ def max_iou_assign_sparse(anchors: torch.Tensor, targets: torch.Tensor, num_per_
     row = row_lo[b, m, s][window] + local // width
     b, m, s = b[window], m[window], s[window]                            # [P] each
     n = shape["start"][s] + (row * shape["W"][s] + col) * shape["A"][s] + shape["a"][s]
-    iou = _paired_iou(anchors[n], boxes[b, m])                           # [P]
+    iou = paired_iou(anchors[n], boxes[b, m])                            # [P]
 
     # 1-2. each anchor's best IoU and first best box, then the thresholds.
     anchor_key = b * N + n                                               # [P] into B * N

@@ -23,7 +23,6 @@ import io
 import json
 import os
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -145,42 +144,3 @@ def remove_stale_tmp(work_dir: str | Path) -> list[str]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp.name)
     return removed
-
-
-# ---- pause points for tests ------------------------------------------------------------------
-PAUSE_ENV = "DENSEDET_PAUSE_AT"        # a pause point name, e.g. "iter:5", "eval:2", "save:latest.pth:1"
-PAUSE_FILE_ENV = "DENSEDET_PAUSE_FILE"  # written when the point is reached
-
-
-def pause_point(name: str) -> None:
-    """If the environment names this point, write the marker file and wait (for a test to kill
-    the process there); otherwise do nothing (one dictionary lookup)."""
-    if os.environ.get(PAUSE_ENV) != name:
-        return
-    marker = os.environ.get(PAUSE_FILE_ENV)
-    if marker:
-        Path(marker).write_text(name)
-    while True:
-        time.sleep(1)
-
-
-def pausable(iterable, name: str):
-    """``iterable``, with pause point ``name`` after its first item when a test asks for one
-    (the iterable itself otherwise)."""
-    if os.environ.get(PAUSE_ENV) != name:
-        return iterable
-    return _PauseAfterFirst(iterable, name)
-
-
-class _PauseAfterFirst:
-    def __init__(self, iterable, name: str):
-        self.iterable, self.name = iterable, name
-
-    def __len__(self) -> int:
-        return len(self.iterable)
-
-    def __iter__(self):
-        for i, item in enumerate(self.iterable):
-            yield item
-            if i == 0:
-                pause_point(self.name)

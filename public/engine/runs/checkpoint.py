@@ -6,7 +6,7 @@ A densedet checkpoint is a dict::
      "model_type": "fcos.config",                        # the module of the config class that builds it
      "classes": {"names": [...], "category_ids": [...]}, "epoch": int, "best_map": float,
      "optimizer": ..., "scheduler": ..., "scaler": ...,   # these four only in latest.pth:
-     "rng": [random states of each process],             #   see public/engine/runstate.py
+     "rng": [random states of each process],             #   see public/engine/runs/state.py
      "eval_pending": bool, "epoch_losses": {...},        #   written before the epoch's evaluation
      "score_thresholds": [float | None per label]}         # only after test.py --save-thresholds
 
@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from public.engine.weights import without_imagenet
-from public.engine.identity import check_checkpoint, eval_input_differences, take_auto_settings
-from public.engine.runstate import pause_point
+from public.engine.runs.weights import without_imagenet
+from public.engine.runs.identity import check_checkpoint, eval_input_differences, take_auto_settings
 
 logger = logging.getLogger("densedet")
 
@@ -42,7 +41,6 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        pause_point(f"save:{path.name}:{state.get('epoch')}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -140,9 +138,6 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
         for a missing or unreadable file. ``cfg`` is updated in place with a foreign
         checkpoint's settings (also returned in ``overrides``).
     """
-    if str(path).lower().endswith(".onnx"):  # an exported model, run with onnxruntime
-        from public.engine.onnx_runtime import load_onnx
-        return load_onnx(cfg, path, category_ids, class_names)
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     thresholds = None
     if is_densedet(checkpoint):

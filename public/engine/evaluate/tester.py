@@ -5,22 +5,25 @@ import glob
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from public.engine import distributed as dist_utils
-from public.engine.checkpoint import is_densedet, load_checkpoint, load_for_inference, save_checkpoint
+from public.data.loaders import build_dataset, build_loader
 from public.data.prefetcher import eval_resize
-from public.engine.evaluator import EvalResult, evaluate, format_per_class, format_stats, score_shards
-from public.engine.inference import Predictor, filter_by_thresholds, predict_tta, tta_passes
-from public.engine.logger import setup_logging
-from public.engine.onnx_runtime import is_onnx, predict_batches
-from public.engine.report import (draw_detections, f_measure_thresholds, format_thresholds, thresholds_json,
-                                  write_figures)
-from public.engine.trainer import amp_dtype_of, build_dataset, build_loader, prepare_demo_data
+from public.engine import distributed as dist_utils
+from public.engine.distributed import amp_dtype_of, prepare_demo_data
+from public.engine.evaluate.evaluator import (EvalResult, evaluate, format_per_class, format_stats, log_evaluation,
+                                              predict_onnx, score_shards)
+from public.engine.evaluate.inference import Predictor, filter_by_thresholds, load_model, predict_tta, tta_passes
+from public.engine.evaluate.report import (draw_detections, f_measure_thresholds, format_thresholds, thresholds_json,
+                                           write_figures)
+from public.engine.export.runtime import is_onnx
+from public.engine.runs.checkpoint import is_densedet, load_checkpoint, save_checkpoint
+from public.engine.watch.logger import setup_logging
 
 logger = logging.getLogger("densedet")
 
@@ -29,17 +32,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # ---- evaluation -------------------------------------------------------------------------------
-def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = False) -> EvalResult:
-    """Score the checkpoint at ``path`` on the config's validation set (sharded over ranks)
-    and, on the main process, print and write the report into ``cfg.work_dir``:
-    COCO stats, per-class AP, F-measure thresholds (thresholds.json; into the checkpoint with
-    ``save_thresholds``), timing, detections.json and pr_curves/*.png."""
+@dataclass
+class Scored:
+    """One evaluation of a checkpoint: the result and what it was computed with."""
+    result: EvalResult
+    val_set: object
+    device: torch.device
+    timed: str          # what the per-image time covers
+    wall: float         # seconds in all
+
+
+def score_checkpoint(cfg, path: str, tta: bool = False, save_thresholds: bool = False) -> Scored:
+    """Score the checkpoint (ours, a torchvision state dict or an exported .onnx) at ``path`` on
+    the config's validation set, sharded over the ranks."""
     device = dist_utils.init_distributed(cfg.device)
-    main = dist_utils.is_main_process()
-    setup_logging(None, main)
+    setup_logging(None, dist_utils.is_main_process())
     prepare_demo_data(cfg)
     val_set = build_dataset(cfg, train=False)
-    loaded = load_for_inference(cfg, path, val_set.category_ids, val_set.class_names)
+    loaded = load_model(cfg, path, val_set.category_ids, val_set.class_names)
     if save_thresholds and is_onnx(path):
         raise ValueError(f"--save-thresholds stores thresholds in a .pth checkpoint, not in {path}: run it on the "
                          f"checkpoint, then export again (the thresholds go into the ONNX file's metadata)")
@@ -51,6 +61,7 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     decoder, amp_dtype = cfg.build_decoder(), amp_dtype_of(cfg)
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
 
     start = time.perf_counter()
     if tta:
@@ -58,21 +69,44 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
         logger.info("test-time augmentation: scales %s (max size %d)%s, ranges %s, merge %s", cfg.tta_scales,
                     cfg.tta_max_size, " + flips" if cfg.tta_flip else "", cfg.tta_scale_ranges, cfg.tta_merge)
         val_set.transforms = None  # the predictor resizes each pass itself
-        loader = build_loader(cfg, val_set, False, device, collate_fn=list)
+        loader = build_loader(cfg, val_set, False, device, rank, world, collate_fn=list)
         predictor = Predictor(model, decoder, cfg, device, amp_dtype, cfg.channels_last)
         result = score_shards(*predict_tta(predictor, loader, val_set.label_to_cat_id), val_set, cfg.eval_backend)
         timed = f"model + decoder over {len(passes)} passes + merging"
     elif is_onnx(path):
-        loader = build_loader(cfg, val_set, False, device)
-        result = score_shards(*predict_batches(model, loader, val_set.label_to_cat_id), val_set)
+        loader = build_loader(cfg, val_set, False, device, rank, world)
+        result = score_shards(*predict_onnx(model, loader, val_set.label_to_cat_id), val_set)
         timed = "ONNX Runtime session: model + decoder"
     else:
-        loader = build_loader(cfg, val_set, False, device)
+        loader = build_loader(cfg, val_set, False, device, rank, world)
         result = evaluate(model, decoder, loader, val_set, device, amp_dtype, cfg.channels_last, cfg.eval_backend,
                           eval_resize(cfg))
         timed = "model + decoder"
-    wall = time.perf_counter() - start
-    if not main:
+    return Scored(result, val_set, device, timed, time.perf_counter() - start)
+
+
+def evaluate_checkpoint(cfg, path: str) -> EvalResult:
+    """``train.py --evaluate``: score a checkpoint on the config's validation set; print the 12
+    COCO stats and a per-class AP table."""
+    scored = score_checkpoint(cfg, path)
+    result = scored.result
+    if dist_utils.is_main_process():
+        logger.info("evaluated %s on %s (%d images) in %.1fs, %.1f ms/image (model+decoder)", path,
+                    cfg.val_annotations, len(scored.val_set), scored.wall, 1000 * result.seconds_per_image)
+        logger.info("COCO stats:\n%s", format_stats(result.stats))
+        logger.info("per-class AP (weakest first):\n%s", format_per_class(result.per_class))
+        log_evaluation(result)
+    return result
+
+
+def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = False) -> EvalResult:
+    """``test.py``: score the checkpoint at ``path`` as ``score_checkpoint`` and, on the main
+    process, print and write the report into ``cfg.work_dir``: COCO stats, per-class AP,
+    F-measure thresholds (thresholds.json; into the checkpoint with ``save_thresholds``), timing,
+    detections.json and pr_curves/*.png."""
+    scored = score_checkpoint(cfg, path, tta, save_thresholds)
+    result, val_set, device, timed, wall = scored.result, scored.val_set, scored.device, scored.timed, scored.wall
+    if not dist_utils.is_main_process():
         return result
 
     work_dir = Path(cfg.work_dir)
@@ -128,8 +162,8 @@ class Detector:
         checkpoint = None if is_onnx(path) else load_checkpoint(path)
         # Ours (and an export) names its classes; a foreign state dict takes them from the config's val json.
         category_ids, class_names = ((None, None) if checkpoint is None or is_densedet(checkpoint)
-                                     else _dataset_categories(cfg))
-        loaded = load_for_inference(cfg, path, category_ids, class_names, checkpoint)
+                                     else dataset_categories(cfg))
+        loaded = load_model(cfg, path, category_ids, class_names, checkpoint)
         self.class_names, self.category_ids = loaded.class_names, loaded.category_ids
         if score_thresh is not None:
             values, source = [score_thresh] * len(self.class_names), f"--score-thresh {score_thresh}"
@@ -160,7 +194,7 @@ class Detector:
                 "category_ids": [self.category_ids[i] for i in detections["labels"].tolist()]}
 
 
-def _dataset_categories(cfg) -> tuple[list[int] | None, list[str] | None]:
+def dataset_categories(cfg) -> tuple[list[int] | None, list[str] | None]:
     """Category ids and names of the config's val json, if it exists (for foreign checkpoints)."""
     path = Path(cfg.val_annotations)
     if not path.is_file():

@@ -17,11 +17,21 @@ import torch
 from public.data.collate import Batch, collate
 from public.data.prefetcher import eval_resize, normalize
 from public.data.transforms import Compose, RandomHorizontalFlip, Resize, build_transforms
-from public.engine.evaluator import detections_to_coco
-from public.engine.logger import periodic_extra, progress
+from public.engine.evaluate.evaluator import detections_to_coco
+from public.engine.export.runtime import is_onnx, load_onnx
+from public.engine.runs.checkpoint import LoadedModel, load_for_inference
+from public.engine.watch.logger import periodic_extra, progress
 from public.ops.voting import MERGE_METHODS, merge_detections
 
 logger = logging.getLogger("densedet")
+
+
+def load_model(cfg, path: str, category_ids: list[int] | None = None, class_names: list[str] | None = None,
+               checkpoint: dict | None = None) -> LoadedModel:
+    """``load_for_inference``, or ``load_onnx`` for an exported ``.onnx`` file (run with ONNX Runtime)."""
+    if is_onnx(path):
+        return load_onnx(cfg, path, category_ids, class_names)
+    return load_for_inference(cfg, path, category_ids, class_names, checkpoint)
 
 
 def tta_passes(cfg) -> list[tuple[Compose, bool, tuple[float, float]]]:

@@ -16,12 +16,11 @@ from pycocotools.cocoeval import COCOeval
 
 from public.data.prefetcher import Prefetcher
 from public.engine.distributed import all_gather_objects, broadcast_object, is_main_process
-from public.engine.logger import periodic_extra, progress
+from public.engine.watch.logger import STAT_NAMES, periodic_extra, progress
 
 logger = logging.getLogger("densedet")
 
 # Names of COCOeval's 12 summary numbers, in its order; metrics.jsonl uses these keys.
-STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "mAR", "ARs", "ARm", "ARl")
 STAT_LABELS = (
     "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]", "AP @[IoU=0.50      | area=   all | maxDets=100]",
     "AP @[IoU=0.75      | area=   all | maxDets=100]", "AP @[IoU=0.50:0.95 | area= small | maxDets=100]",
@@ -85,6 +84,22 @@ def predict(model, decoder, loader, device, amp_dtype: torch.dtype | None = None
             logger.info("evaluating [%d/%d]", i + 1, total, extra=periodic_extra(bar))
     model.train(was_training)
     return results, compute_time / max(num_images, 1)
+
+
+@torch.no_grad()
+def predict_onnx(model, loader, label_to_cat_id: list[int], log_interval: int = 50):
+    """Evaluation loader (padded ``Batch``es) -> (COCO result dicts, seconds per image of the
+    ONNX session), as ``evaluator.predict`` does for a PyTorch model and decoder."""
+    results, seconds, count = [], 0.0, 0
+    for i, batch in enumerate(loader):
+        start = time.perf_counter()
+        detections = model.detect(batch.images, batch.image_sizes)
+        seconds += time.perf_counter() - start
+        count += len(batch)
+        results.extend(detections_to_coco(detections, batch, label_to_cat_id))
+        if (i + 1) % log_interval == 0:
+            logger.info("evaluating [%d/%d]", i + 1, len(loader))
+    return results, seconds / max(count, 1)
 
 
 EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -193,3 +208,10 @@ def format_per_class(per_class: list[dict]) -> str:
     for c in sorted(per_class, key=lambda c: c["AP"]):
         lines.append(f"{c['name']:<{width}}  {c['AP']:6.3f}  {c['AP50']:6.3f}  {c['AP75']:6.3f}  {c['num_gt']:6d}")
     return "\n".join(lines)
+
+
+def log_evaluation(result: EvalResult, epoch: int | None = None) -> None:
+    m = result.metrics
+    prefix = f"epoch {epoch}: " if epoch is not None else ""
+    logger.info("%smAP %.4f  mAR %.4f  | %s", prefix, m["mAP"], m["mAR"],
+                "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("mAP", "mAR")))

@@ -30,7 +30,6 @@ import os
 from dataclasses import dataclass, field
 
 from public.models.backbone import backbone_freezing
-from public.models.head import head_norm_of
 
 # The keys whose value ``resolve`` may change; stored in every checkpoint as "resolved".
 RESOLVED_KEYS = ("frozen_stages", "freeze_bn", "head_norm", "warmup_iters", "lr_steps", "lr", "scale_lr",
@@ -48,24 +47,11 @@ class Resolution:
 
 def step_epochs(lr_steps: tuple, epochs: int) -> tuple[int, ...]:
     """``lr_steps`` as epochs: values below 1 are fractions of ``epochs`` (rounded, at least 1),
-    whole numbers are epochs already. Mixing both is an error naming the key."""
+    whole numbers are epochs already (the config checks that they are one or the other)."""
     steps = tuple(lr_steps)
-    fractions = [s for s in steps if 0 < s < 1]
-    if any(s <= 0 for s in steps):
-        raise ValueError(f"lr_steps must be positive (fractions of the run below 1, or epochs), got {steps}")
-    if fractions and len(fractions) != len(steps):
-        raise ValueError(f"lr_steps mixes fractions of the run and epochs: {steps}; give all as fractions "
-                         f"(e.g. (0.667, 0.917)) or all as epochs (e.g. (8, 11))")
-    if fractions:
+    if all(s < 1 for s in steps):
         return tuple(max(1, round(s * epochs)) for s in steps)
-    if any(float(s) != int(s) for s in steps):
-        raise ValueError(f"lr_steps of 1 or more are epochs and must be whole numbers, got {steps}")
     return tuple(int(s) for s in steps)
-
-
-def from_scratch(cfg) -> bool:
-    """True when no trained weights initialise the backbone."""
-    return not (cfg.pretrained or cfg.backbone_weights or cfg.init_from)
 
 
 def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
@@ -93,7 +79,7 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
     total_iters = iters_per_epoch * cfg.epochs
 
     # ---- freezing -----------------------------------------------------------------------
-    scratch = from_scratch(cfg)
+    scratch = cfg.from_scratch()
     frozen_stages, freeze_bn = backbone_freezing(cfg)
     values["frozen_stages"], values["freeze_bn"] = frozen_stages, freeze_bn
     source = ("backbone trained from scratch" if scratch else
@@ -105,7 +91,7 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
         warnings.append(f"frozen_stages={frozen_stages} freeze_bn={freeze_bn} freeze random weights: there are no "
                         f"pretrained weights to protect (set frozen_stages=auto freeze_bn=auto to train them)")
     if cfg.head_norm == "auto":
-        values["head_norm"] = head_norm_of(cfg)
+        values["head_norm"] = cfg.effective("head_norm")
         lines.append("head towers with GroupNorm (head_norm=auto: from random weights, plain towers do not learn "
                      "to classify)" if values["head_norm"] == "GN" else
                      "head towers plain, the paper's (head_norm=auto with trained weights)")
@@ -119,8 +105,6 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
 
     # ---- lr -------------------------------------------------------------------------------
     if cfg.scale_lr:
-        if cfg.reference_batch < 1:
-            raise ValueError(f"reference_batch must be >= 1, got {cfg.reference_batch}")
         lr = cfg.lr * total_batch / cfg.reference_batch
         lines.append(f"lr {lr:.6g} for a total batch of {total_batch} ({cfg.lr:g} at {cfg.reference_batch}; "
                      f"scale_lr=False uses lr as given)")

@@ -1,8 +1,8 @@
 """Convert Pascal VOC, YOLO or LabelMe annotations to one COCO json that train.py reads as it is.
 
-    python -m public.data.convert voc  VOC2012/Annotations --out train.json [--ids VOC2012/ImageSets/Main/train.txt]
-    python -m public.data.convert yolo dataset/labels/train --out train.json --classes dataset/data.yaml
-    python -m public.data.convert labelme shots/ --out train.json [--classes classes.txt]
+    python -m tools.convert voc  VOC2012/Annotations --out train.json [--ids VOC2012/ImageSets/Main/train.txt]
+    python -m tools.convert yolo dataset/labels/train --out train.json --classes dataset/data.yaml
+    python -m tools.convert labelme shots/ --out train.json [--classes classes.txt]
 
 Then ``python train.py ... train_images=IMAGES train_annotations=train.json`` (the images folder
 the command prints). Every problem is collected and listed as ``file:line: what`` (YOLO) or
@@ -478,7 +478,7 @@ def summary(data: dict) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m public.data.convert", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=("voc", "yolo", "labelme"))
     parser.add_argument("source", help="voc: Annotations folder (or .xml); yolo: labels folder; labelme: json folder")

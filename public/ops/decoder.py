@@ -1,4 +1,5 @@
-"""Batched post-processing shared by the decoders: top-k per level, NMS, max detections.
+"""Batched post-processing shared by the decoders: the ``DenseDecoder`` base, top-k per level,
+NMS, max detections.
 
 No Python loop over images: candidates of all images are ranked with one ``topk`` per level
 and suppressed with ``grouped_nms`` (``batched_nms`` whose groups are (image, class) pairs).
@@ -6,7 +7,10 @@ and suppressed with ``grouped_nms`` (``batched_nms`` whose groups are (image, cl
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torchvision.ops import batched_nms
+
+from public.ops.settings import check_decoding
 
 
 # Most boxes for which torchvision's ``batched_nms`` runs one NMS with the groups kept apart by
@@ -103,3 +107,51 @@ def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tenso
     counts = counts.clamp(max=max_per_image).tolist()
     return [{"boxes": b, "scores": s, "labels": l}
             for b, s, l in zip(boxes[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts))]
+
+
+def centerness_scores(outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """FCOS / ATSS ranking: outputs with ``cls_logits`` [B, N, C] and ``centerness`` [B, N] ->
+    score sqrt(sigmoid(cls) * sigmoid(centerness)) [B, N, C] and class probability [B, N, C]."""
+    cls_prob = outputs["cls_logits"].float().sigmoid()                  # [B, N, C]
+    ctr_prob = outputs["centerness"].float().sigmoid()                  # [B, N]
+    return torch.sqrt(cls_prob * ctr_prob[..., None]), cls_prob
+
+
+class DenseDecoder(nn.Module):
+    """Raw outputs of a dense detector + image_sizes [B, 2] (h, w before padding) -> per image
+    {"boxes" [D, 4] xyxy input pixels, "scores" [D], "labels" [D] contiguous}.
+
+    A subclass implements ``candidates``: the top-k candidates before NMS, which the ONNX
+    export also decodes in its graph. This base ranks them (``top_candidates``), runs
+    class-wise NMS at ``nms_thresh`` and keeps ``max_det`` per image. The attribute names are
+    read by the export (``nms_thresh``, ``max_det``).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        check_decoding(cfg)
+        self.score_thresh = cfg.score_thresh
+        self.topk = cfg.topk_candidates
+        self.nms_thresh = cfg.nms_thresh
+        self.max_det = cfg.detections_per_img
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, image_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        boxes, scores, labels, valid = self.candidates(outputs, image_sizes)
+        return nms_per_image(boxes, scores, labels, valid, outputs["cls_logits"].shape[-1], self.nms_thresh,
+                             self.max_det)
+
+    def candidates(self, outputs: dict, image_sizes: torch.Tensor):
+        """boxes [B, K, 4] clipped xyxy, scores [B, K], labels [B, K], valid bool [B, K]."""
+        raise NotImplementedError
+
+    def top_candidates(self, outputs: dict, scores: torch.Tensor, passed: torch.Tensor):
+        """The ``topk`` best pairs of each level (``topk_per_level``) and their regression.
+
+        Args: scores [B, N, C] ranking scores; passed bool [B, N, C], pairs over the threshold.
+        Returns: scores [B, K], location index [B, K] into N, labels [B, K], valid bool [B, K],
+        ``box_reg`` of those locations [B, K, 4] float32.
+        """
+        top_scores, locs, labels, valid = topk_per_level(scores, passed, outputs["num_per_level"], self.topk)
+        box_reg = outputs["box_reg"].float().gather(1, locs[..., None].expand(-1, -1, 4))  # [B, K, 4]
+        return top_scores, locs, labels, valid, box_reg

@@ -7,8 +7,6 @@ import logging
 
 import torch
 
-from public.models.head import head_norm_of
-
 logger = logging.getLogger("densedet")
 
 CLASS_LAYER = ("head.cls_logits.weight", "head.cls_logits.bias")
@@ -20,7 +18,7 @@ def without_imagenet(cfg):
     evaluation, resuming, fine-tuning from a full checkpoint. ``cfg`` itself is unchanged
     (the settings that depend on ``pretrained`` stay as resolved, ``head_norm`` included)."""
     build_cfg = copy.copy(cfg)
-    build_cfg.head_norm = head_norm_of(cfg)
+    build_cfg.head_norm = cfg.effective("head_norm")
     build_cfg.pretrained = False
     build_cfg.backbone_weights = ""
     return build_cfg

@@ -2,7 +2,7 @@
 rebuilt from ``metrics.jsonl`` after each evaluation), TensorBoard scalars (``tensorboard=True``),
 and a figure comparing runs:
 
-    python -m public.engine.plots work_dirs/a work_dirs/b [--out compare.png]
+    python -m tools.plots work_dirs/a work_dirs/b [--out compare.png]
 
 ``metrics.jsonl`` holds one row per evaluation: ``epoch``, ``time`` (wall-clock seconds since
 the run started, carried over a resume), the mean training losses (``loss*``), ``lr`` (at the
@@ -12,7 +12,6 @@ epoch e or later (a resumed epoch replaces what an interrupted run had written),
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -24,7 +23,7 @@ from pathlib import Path
 # leaves the user's backend alone.
 from matplotlib.figure import Figure
 
-from public.engine.evaluator import STAT_NAMES
+from public.engine.watch.logger import STAT_NAMES
 
 logger = logging.getLogger("densedet")
 
@@ -222,28 +221,3 @@ def open_tensorboard(log_dir: Path):
                           f"(it is in requirements-dev.txt), or set tensorboard=False") from None
     logger.info("TensorBoard: %s (view with: tensorboard --logdir %s)", log_dir, log_dir.parent)
     return SummaryWriter(str(log_dir))
-
-
-# ---- comparing runs -------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m public.engine.plots",
-                                     description="Overlay the curves of training runs (their metrics.jsonl) in one PNG.")
-    parser.add_argument("runs", nargs="+", help="work dirs (or metrics.jsonl files) of the runs")
-    parser.add_argument("--out", default="compare.png", help="the PNG to write (default: compare.png)")
-    args = parser.parse_args(argv)
-    runs: dict[str, list[dict]] = {}
-    for run in args.runs:
-        path = Path(run)
-        metrics = path if path.is_file() else path / "metrics.jsonl"
-        rows = read_metrics(metrics)
-        if not rows:
-            parser.error(f"{metrics}: no metrics rows (not a run's work dir, or no evaluation yet)")
-        label = str(path.parent if path.is_file() else path).rstrip("/")
-        runs[label if label not in runs else f"{label} ({len(runs)})"] = rows
-    plot_runs(runs, args.out, title=" vs ".join(runs))
-    print(f"wrote {args.out} ({len(runs)} runs: {', '.join(runs)})")
-    return Path(args.out)
-
-
-if __name__ == "__main__":
-    main()

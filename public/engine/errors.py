@@ -1,0 +1,67 @@
+"""Bad input told apart from bugs.
+
+``user_error_message`` gives the one line a command prints for bad input (a missing file, a
+bad value, data or checkpoint that do not fit), or None for a bug (whose traceback is kept).
+"""
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, Callable
+
+# ---- bad input vs bugs ---------------------------------------------------------------------
+# RuntimeErrors that report bad input (data or checkpoints), by the start of their message.
+_INPUT_RUNTIME_ERRORS = ("cannot read image", "could not read checkpoint", "device=cuda but")
+_INPUT_RUNTIME_PATTERNS = (re.compile(r"does not fit the model"), re.compile(r"is \d+x\d+ on disk but"))
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The message to print for an error caused by bad input or settings, None for a bug.
+
+    Bad input: ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError (a
+    non-finite loss), and RuntimeErrors of the data and checkpoint loaders. An error raised in
+    a data-loader worker is unwrapped to the worker's own message.
+    """
+    if isinstance(error, OSError) and error.errno is not None:  # raised by the OS: "[Errno 2] ...: 'path'"
+        message = str(error)
+    else:
+        message = str(error.args[0]) if error.args else str(error)
+    if "Original Traceback" in message:  # re-raised from a data-loader worker: keep its last line
+        last = [line for line in message.strip().splitlines() if line.strip()][-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+    if isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)):
+        return message
+    if isinstance(error, RuntimeError) and (message.startswith(_INPUT_RUNTIME_ERRORS)
+                                            or any(p.search(message) for p in _INPUT_RUNTIME_PATTERNS)):
+        return message
+    return None
+
+
+# Errors of loading a config: a bad command line or config file (exit code 2).
+CONFIG_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError, AttributeError)  # AttributeError: no Config
+
+
+def run_command(load_config: Callable[[], Any], job: Callable[[Any], Any]) -> int:
+    """What the entry scripts share: load the config (``load_config()``; a bad one exits 2 with
+    one "error:" line), run ``job(cfg)`` (bad input or settings exit 1 with one "error:" line,
+    also written with its traceback to the run's log file; a bug keeps its traceback), and
+    leave the process group."""
+    try:
+        cfg = load_config()
+    except CONFIG_ERRORS as error:
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+    from public.engine import distributed
+    from public.engine.watch.logger import log_error_to_file
+    try:
+        code = job(cfg)
+    except Exception as error:
+        message = str(error) if isinstance(error, ImportError) else user_error_message(error)
+        if message is None:
+            raise  # a bug, not bad input: keep the traceback
+        print(f"error: {message}", file=sys.stderr)
+        log_error_to_file(f"error: {message}", error)
+        return 1
+    finally:
+        distributed.cleanup()
+    return code if isinstance(code, int) else 0
