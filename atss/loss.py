@@ -22,7 +22,6 @@ from public.ops.assign_max_iou import IGNORE, assign_by_iou
 from public.ops.box_coder import decode_boxes
 from public.ops.boxes import box_centers, centerness_target, encode_distances
 from public.ops.losses import DenseLoss, box_iou_loss
-from public.ops.settings import check_iou_thresholds, check_scale_boundaries, require
 
 
 class ATSSLoss(DenseLoss):
@@ -40,17 +39,10 @@ class ATSSLoss(DenseLoss):
     """
 
     def __init__(self, cfg):
-        if cfg.regression_type not in ("BOX", "POINT"):
-            raise ValueError(f"regression_type must be 'BOX' or 'POINT', got {cfg.regression_type!r}")
         super().__init__(cfg)
         self.regression_type = cfg.regression_type
         self.octave_base_scale = cfg.octave_base_scale
         self.box_loss_weight = cfg.box_loss_weight
-        require(cfg.topk >= 1, "topk", cfg.topk, "must be >= 1")
-        if cfg.positive_type == "IoU":
-            check_iou_thresholds(cfg)
-        if cfg.positive_type == "SSC":
-            check_scale_boundaries(cfg)
         # positive_type -> function(outputs, targets) -> matched_gt [B, N]
         assigners = {
             "ATSS": lambda out, t: atss_assign(out["anchors"], out["num_per_level"], t, cfg.topk),
@@ -59,8 +51,6 @@ class ATSSLoss(DenseLoss):
             "IoU": lambda out, t: assign_by_iou(out, t, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True),
             "TOPK": lambda out, t: topk_assign(out["anchors"], t, cfg.topk),
         }
-        if cfg.positive_type not in assigners:
-            raise ValueError(f"positive_type must be one of {', '.join(assigners)}, got {cfg.positive_type!r}")
         self.assign = assigners[cfg.positive_type]
 
     def forward(self, outputs: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from public.models.backbone import build_backbone
-from public.models.head import DenseHead, head_norm_of
+from public.models.head import DenseHead
 from public.ops.anchors import FPN_STRIDES, grid_points
 
 
@@ -48,8 +48,6 @@ class ATSSHead(DenseHead):
     def __init__(self, channels: int, num_classes: int, num_convs: int = 4, norm: str = "GN",
                  prior_prob: float = 0.01, regression_type: str = "BOX", dcn: bool = False,
                  num_levels: int = len(FPN_STRIDES)):
-        if regression_type not in ("BOX", "POINT"):
-            raise ValueError(f"regression_type must be 'BOX' or 'POINT', got {regression_type!r}")
         point = regression_type == "POINT"
         super().__init__(channels, num_classes, num_convs, norm, prior_prob,
                          box_bias=POINT_BIAS_INIT if point else 0.0, box_activation="relu" if point else "none",
@@ -69,7 +67,7 @@ class ATSS(nn.Module):
     def __init__(self, cfg, num_classes: int):
         super().__init__()
         self.backbone = build_backbone(cfg)
-        self.head = ATSSHead(cfg.fpn_channels, num_classes, cfg.num_convs, head_norm_of(cfg), cfg.prior_prob,
+        self.head = ATSSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.effective("head_norm"), cfg.prior_prob,
                              cfg.regression_type, cfg.head_dcn)
         self.anchor_offset = cfg.anchor_offset
         self.octave_base_scale = cfg.octave_base_scale

@@ -21,8 +21,6 @@ class FCOSDecoder(DenseDecoder):
         super().__init__(cfg)
         self.score_thresh_on = cfg.score_thresh_on
         self.norm_reg_targets = cfg.norm_reg_targets
-        if self.score_thresh_on not in ("combined", "cls"):
-            raise ValueError(f"score_thresh_on must be 'combined' or 'cls', got {self.score_thresh_on!r}")
 
     def candidates(self, outputs: dict, image_sizes: torch.Tensor):
         """The top-k candidates before NMS (also what the ONNX export decodes in its graph):

@@ -9,13 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from public.engine.distributed import all_reduce_mean
-from public.ops.box_coder import decode_deltas, encode_deltas
 from public.ops.assign_max_iou import IGNORE, assign_by_iou
+from public.ops.box_coder import decode_deltas, encode_deltas
 from public.ops.losses import DenseLoss, box_iou_loss
-from public.ops.settings import check_iou_thresholds, require
 
-BOX_LOSSES = ("smooth_l1", "l1", "giou")
-NORMALIZERS = ("batch", "per_image")
 
 
 class RetinaNetLoss(DenseLoss):
@@ -40,16 +37,10 @@ class RetinaNetLoss(DenseLoss):
         self.fg_iou_thresh = cfg.fg_iou_thresh
         self.bg_iou_thresh = cfg.bg_iou_thresh
         self.allow_low_quality_matches = cfg.allow_low_quality_matches
-        check_iou_thresholds(cfg)
         self.smooth_l1_beta = cfg.smooth_l1_beta
-        require(cfg.smooth_l1_beta >= 0, "smooth_l1_beta", cfg.smooth_l1_beta, "must be >= 0 (0 is L1)")
         self.box_loss_type = cfg.box_loss
-        if self.box_loss_type not in BOX_LOSSES:
-            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss_type!r}")
         self.box_coder_weights = tuple(float(w) for w in cfg.box_coder_weights)
         self.normalizer = cfg.loss_normalizer
-        if self.normalizer not in NORMALIZERS:
-            raise ValueError(f"loss_normalizer must be one of {NORMALIZERS}, got {self.normalizer!r}")
 
     def box_losses(self, anchors: torch.Tensor, deltas: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
         """anchors, predicted deltas, matched boxes: [P, 4] each -> loss per foreground anchor [P]."""

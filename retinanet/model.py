@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from public.models.backbone import build_backbone
-from public.models.head import DenseHead, head_norm_of
+from public.models.head import DenseHead
 from public.ops.anchors import FPN_STRIDES, grid_anchors, retinanet_anchor_sizes
 
 
@@ -50,7 +50,7 @@ class RetinaNet(nn.Module):
         self.anchor_round_corners = cfg.anchor_round_corners
         self.torchvision_steps = cfg.location_steps == "torchvision"
         num_anchors = cfg.anchor_scales_per_octave * len(self.aspect_ratios)
-        self.head = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes, cfg.num_convs, head_norm_of(cfg),
+        self.head = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes, cfg.num_convs, cfg.effective("head_norm"),
                                   cfg.prior_prob)
         self.num_classes = num_classes
 

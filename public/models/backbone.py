@@ -126,8 +126,6 @@ def build_backbone(cfg) -> BackboneWithFPN:
 
     c3_channels = net.inplanes // 4  # inplanes is C5's channel count after construction
     in_channels_list = [c3_channels, c3_channels * 2, c3_channels * 4]
-    if cfg.p6_from not in ("p5", "c5"):
-        raise ValueError(f"p6_from must be 'p5' or 'c5', got {cfg.p6_from!r}")
     use_p5 = cfg.p6_from == "p5"
     extra = LastLevelP6P7(cfg.fpn_channels if use_p5 else in_channels_list[-1], cfg.fpn_channels, use_p5)
     return BackboneWithFPN(net, {"layer2": "c3", "layer3": "c4", "layer4": "c5"},

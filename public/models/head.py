@@ -81,10 +81,6 @@ def flatten_levels(per_level: list[torch.Tensor], channels_per_location: int) ->
     return torch.cat(out, dim=1)
 
 
-def head_norm_of(cfg) -> str:  # TEMPORARY: removed once the model files read cfg.effective("head_norm")
-    return cfg.effective("head_norm")
-
-
 # What the box regression passes through after the (scaled) conv, by name.
 BOX_ACTIVATIONS = {"relu": F.relu, "exp": torch.exp, "none": lambda x: x}
 

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
-from public.ops.settings import check_decoding
 
 
 # Most boxes for which torchvision's ``batched_nms`` runs one NMS with the groups kept apart by
@@ -129,7 +128,6 @@ class DenseDecoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        check_decoding(cfg)
         self.score_thresh = cfg.score_thresh
         self.topk = cfg.topk_candidates
         self.nms_thresh = cfg.nms_thresh

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from public.ops.settings import check_focal
 
 __all__ = ["sigmoid_focal_loss", "box_iou_loss", "focal_loss_per_location", "official_fcos_iou_loss", "DenseLoss"]
 
@@ -92,7 +91,6 @@ class DenseLoss(nn.Module):
         super().__init__()
         self.focal_alpha = cfg.focal_alpha
         self.focal_gamma = cfg.focal_gamma
-        check_focal(cfg)
 
     @staticmethod
     def positives(matched: torch.Tensor, targets: torch.Tensor):

@@ -106,7 +106,7 @@ def differences(cfg, stored_config: dict, stored_type: str | None = None,
     if stored_type is not None:
         if stored_type != own_type:
             out.append(f"model {stored_type} vs {own_type}")
-    else:  # a checkpoint from before model types were stored: tell the models by their own keys
+    else:  # a checkpoint without a stored model type: tell the models by their own keys
         base = set(_base_class(cfg).fields())
         stored_keys, own_keys = _model_keys(stored_config, base), _model_keys(cfg.to_dict(), base)
         if stored_keys - own_keys and own_keys - stored_keys:  # each has keys of its own: two models

@@ -99,7 +99,7 @@ def train(cfg) -> float:
     # freezing, head_norm, warmup, lr steps, lr, batch: from this run, or as stored by the run resumed
     resolved = resolve_for_run(cfg, len(train_set), dist_utils.get_world_size(),
                                checkpoint.get("resolved") if checkpoint is not None else None, logger)
-    if checkpoint is not None:  # a checkpoint from before head_norm was resolved: its stored value
+    if checkpoint is not None:  # "auto" structure keys the stored resolved block lacks: the checkpoint's values
         take_auto_settings(cfg, checkpoint.get("config") or {})
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     train_loader = build_loader(cfg, train_set, True, device, rank, world)
