@@ -20,14 +20,13 @@ Needs onnx and onnxruntime (pip install -r requirements-dev.txt); training does 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 from config import load_config
+from public.engine.command import parse_command_line, run_command
 
-DEFAULT_CONFIG = "fcos/config_demo.py"
 # Largest differences accepted by the check after export (the parity tests measure them on
 # small models: about 1e-4 px and 1e-6 in score; larger networks accumulate more float error).
 BOX_TOLERANCE_PX = 1e-2
@@ -37,14 +36,12 @@ logger = logging.getLogger("densedet")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"the model's config file (default {DEFAULT_CONFIG})")
-    parser.add_argument("--checkpoint", required=True, help="densedet checkpoint (or a torchvision state dict)")
-    parser.add_argument("--out", default="", help="the .onnx file to write (default: the checkpoint's name, .onnx)")
-    parser.add_argument("--raw", action="store_true", help="export the head outputs only, without the decoder")
-    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (decoder settings too)")
-    return parser.parse_intermixed_args(argv)
+    def options(parser):
+        parser.add_argument("--checkpoint", required=True, help="densedet checkpoint (or a torchvision state dict)")
+        parser.add_argument("--out", default="", help="the .onnx file to write (default: the checkpoint's name, .onnx)")
+        parser.add_argument("--raw", action="store_true", help="export the head outputs only, without the decoder")
+        parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    return parse_command_line(__doc__, options, argv)
 
 
 def check_sizes(cfg) -> list[tuple[int, int]]:
@@ -99,7 +96,6 @@ def export(cfg, args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from public.engine.errors import run_command
     from public.engine.export.exporter import require_onnx
     try:
         require_onnx()

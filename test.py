@@ -22,34 +22,31 @@ config), or a model exported by export.py (.onnx, run with ONNX Runtime). Any co
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from config import load_config
-
-DEFAULT_CONFIG = "fcos/config_demo.py"
+from public.engine.command import parse_command_line, run_command
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"a model's config file (default {DEFAULT_CONFIG})")
-    parser.add_argument("--checkpoint", required=True, help="densedet checkpoint, torchvision state dict, or exported .onnx")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation (config fields tta_*)")
-    parser.add_argument("--save-thresholds", action="store_true",
-                        help="evaluation: store the per-class F-measure thresholds in the checkpoint")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--images", metavar="PATH", help="detect in an image, a folder of images or a glob")
-    source.add_argument("--video", metavar="FILE", help="detect in every frame of a video")
-    parser.add_argument("--out", metavar="DIR", default="", help="detection output folder (default WORK_DIR/detect)")
-    parser.add_argument("--score-thresh", type=float, default=None,
-                        help="detection: one threshold for every class (default: the checkpoint's, else 0.3)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_intermixed_args(argv)  # key=value before or after the options
+    def options(parser):
+        parser.add_argument("--checkpoint", required=True,
+                            help="densedet checkpoint, torchvision state dict, or exported .onnx")
+        parser.add_argument("--tta", action="store_true", help="test-time augmentation (config fields tta_*)")
+        parser.add_argument("--save-thresholds", action="store_true",
+                            help="evaluation: store the per-class F-measure thresholds in the checkpoint")
+        source = parser.add_mutually_exclusive_group()
+        source.add_argument("--images", metavar="PATH", help="detect in an image, a folder of images or a glob")
+        source.add_argument("--video", metavar="FILE", help="detect in every frame of a video")
+        parser.add_argument("--out", metavar="DIR", default="",
+                            help="detection output folder (default WORK_DIR/detect)")
+        parser.add_argument("--score-thresh", type=float, default=None,
+                            help="detection: one threshold for every class (default: the checkpoint's, else 0.3)")
+    return parse_command_line(__doc__, options, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from public.engine.errors import run_command
 
     def job(cfg):
         from public.engine.evaluate.tester import detect_images, detect_video, evaluate_report

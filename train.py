@@ -12,26 +12,21 @@ to work_dir/train.log, with the traceback); a traceback on the console means a b
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from config import load_config
-
-DEFAULT_CONFIG = "fcos/config_demo.py"
+from public.engine.command import parse_command_line, run_command
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"a model's config file (default {DEFAULT_CONFIG})")
-    parser.add_argument("--evaluate", metavar="CKPT", default="",
-                        help="score this checkpoint (ours or a torchvision state dict) on the validation set and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_intermixed_args(argv)  # key=value before or after the options
+    def options(parser):
+        parser.add_argument("--evaluate", metavar="CKPT", default="",
+                            help="score this checkpoint (ours or a torchvision state dict) on the validation set and exit")
+    return parse_command_line(__doc__, options, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from public.engine.errors import run_command
 
     def job(cfg):
         if args.evaluate:

@@ -25,8 +25,6 @@ class ATSSDecoder(DenseDecoder):
         self.octave_base_scale = cfg.octave_base_scale
 
     def candidates(self, outputs: dict, image_sizes: torch.Tensor):
-        """The top-k candidates before NMS (also what the ONNX export decodes in its graph):
-        boxes [B, K, 4] clipped xyxy, scores [B, K], labels [B, K], valid bool [B, K]."""
         scores, cls_prob = centerness_scores(outputs)                       # [B, N, C] each
         top_scores, locs, labels, valid, box_reg = self.top_candidates(
             outputs, scores, cls_prob > self.score_thresh)                  # [B, K] each, [B, K, 4]

@@ -19,12 +19,9 @@ class FCOSDecoder(DenseDecoder):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.score_thresh_on = cfg.score_thresh_on
-        self.norm_reg_targets = cfg.norm_reg_targets
+        self.score_thresh_on, self.norm_reg_targets = cfg.score_thresh_on, cfg.norm_reg_targets
 
     def candidates(self, outputs: dict, image_sizes: torch.Tensor):
-        """The top-k candidates before NMS (also what the ONNX export decodes in its graph):
-        boxes [B, K, 4] clipped xyxy, scores [B, K], labels [B, K], valid bool [B, K]."""
         scores, cls_prob = centerness_scores(outputs)                       # [B, N, C] each
         passed = (scores if self.score_thresh_on == "combined" else cls_prob) > self.score_thresh
         top_scores, locs, labels, valid, distances = self.top_candidates(outputs, scores, passed)  # [B, K], [B, K, 4]

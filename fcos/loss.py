@@ -34,10 +34,10 @@ class FCOSLoss(DenseLoss):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.scale_boundaries = cfg.scale_boundaries
-        self.center_sampling_radius = cfg.center_sampling_radius
-        self.norm_reg_targets = cfg.norm_reg_targets
-        self.box_loss_type = cfg.box_loss
+        # the assignment rule: scale ranges and center sampling
+        self.scale_boundaries, self.center_sampling_radius = cfg.scale_boundaries, cfg.center_sampling_radius
+        # the box loss on l, t, r, b (in strides with norm_reg_targets)
+        self.norm_reg_targets, self.box_loss_type = cfg.norm_reg_targets, cfg.box_loss
         self.box_loss_weighting = cfg.box_loss_weighting
 
     def forward(self, outputs: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -22,8 +22,6 @@ class RetinaNetDecoder(DenseDecoder):
         self.box_coder_weights = tuple(float(w) for w in cfg.box_coder_weights)
 
     def candidates(self, outputs: dict, image_sizes: torch.Tensor):
-        """The top-k candidates before NMS (also what the ONNX export decodes in its graph):
-        boxes [B, K, 4] clipped xyxy, scores [B, K], labels [B, K], valid bool [B, K]."""
         scores = outputs["cls_logits"].float().sigmoid()                    # [B, N, C]
         top_scores, anchor_idx, labels, valid, deltas = self.top_candidates(
             outputs, scores, scores > self.score_thresh)                    # [B, K] each, [B, K, 4]

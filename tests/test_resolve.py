@@ -12,7 +12,6 @@ from fcos.config import Config as FCOSConfig
 from public.engine.train.optim import LRScheduler, build_optimizer
 from public.engine.train.resolve import resolve, resolve_for_run, step_epochs
 from public.models.backbone import build_backbone
-from public.models.head import head_norm_of
 from retinanet.config import Config as RetinaNetConfig
 
 
@@ -60,7 +59,7 @@ def test_plain_head_from_scratch_is_advised_against():
 ])
 def test_retinanet_head_norm_follows_the_weights(overrides, expected):
     cfg = RetinaNetConfig(**overrides)
-    assert head_norm_of(cfg) == expected
+    assert cfg.effective("head_norm") == expected
     resolution = resolve(cfg, 240)
     assert resolution.values["head_norm"] == expected
     if cfg.head_norm == "auto":

@@ -12,7 +12,7 @@ from config import load_config
 from retinanet.config import Config as RetinaNetConfig
 from public.data.demo import DEMO_CATEGORY_IDS, DEMO_CLASSES, generate_demo_data
 from public.engine.runs.checkpoint import load_for_inference, save_checkpoint
-from public.engine.errors import user_error_message
+from public.engine.command import user_error_message
 from public.engine.runs.identity import check_work_dir, differences, model_type
 
 

@@ -1,13 +1,27 @@
-"""Bad input told apart from bugs.
-
-``user_error_message`` gives the one line a command prints for bad input (a missing file, a
-bad value, data or checkpoint that do not fit), or None for a bug (whose traceback is kept).
+"""What the entry scripts (train.py, test.py, export.py) share: their command line
+(``parse_command_line``), how they run a job (``run_command``), and bad input told apart from
+bugs (``user_error_message``: the one line a command prints for bad input, or None for a bug,
+whose traceback is kept).
 """
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from typing import Any, Callable
+
+DEFAULT_CONFIG = "fcos/config_demo.py"
+
+
+def parse_command_line(description: str, add_options: Callable[[argparse.ArgumentParser], None],
+                       argv: list[str] | None = None) -> argparse.Namespace:
+    """``--config`` (default ``DEFAULT_CONFIG``), the script's own options (``add_options``) and
+    ``key=value`` config overrides, before or after the options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"a model's config file (default {DEFAULT_CONFIG})")
+    add_options(parser)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser.parse_intermixed_args(argv)
 
 # ---- bad input vs bugs ---------------------------------------------------------------------
 # RuntimeErrors that report bad input (data or checkpoints), by the start of their message.
