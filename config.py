@@ -245,6 +245,8 @@ class BaseConfig:
     nms_thresh = Key(0.6, "IoU above which NMS suppresses a box of the same class (1 keeps every box).",
                      low=0, high=1, low_open=True)
     detections_per_img = Key(100, "Detections kept per image after NMS, best first.", low=1, integer=True)
+    class_agnostic_nms = Key(False, "NMS across classes: where boxes of two classes overlap above nms_thresh, only "
+                             "the best-scoring one is kept (the papers' NMS is per class).")
 
     # ---- test-time augmentation (test.py --tta) ------------------------------------------
     tta_scales = Key((400, 500, 600, 700, 800, 900, 1000, 1100, 1200), "Shorter sides of the test-time "

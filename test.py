@@ -40,6 +40,9 @@ def parse_args(argv=None):
         source.add_argument("--video", metavar="FILE", help="detect in every frame of a video")
         parser.add_argument("--out", metavar="DIR", default="",
                             help="detection output folder (default WORK_DIR/detect)")
+        parser.add_argument("--save-txt", action="store_true",
+                            help="detection: also write OUT/labels/<image>.txt, one 'label cx cy w h score' line per "
+                                 "box (fractions of the image size, as Ultralytics)")
         parser.add_argument("--score-thresh", type=float, default=None,
                             help="detection: one threshold for every class (default: the checkpoint's, else 0.3)")
     return parse_command_line(__doc__, options, argv)
@@ -52,7 +55,7 @@ def main(argv=None) -> int:
         from public.engine.evaluate.tester import detect_images, detect_video, evaluate_report
         out = args.out or f"{cfg.work_dir}/detect"
         if args.images:
-            detect_images(cfg, args.checkpoint, args.images, out, args.score_thresh, args.tta)
+            detect_images(cfg, args.checkpoint, args.images, out, args.score_thresh, args.tta, args.save_txt)
         elif args.video:
             detect_video(cfg, args.checkpoint, args.video, out, args.score_thresh, args.tta)
         else:

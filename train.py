@@ -35,7 +35,12 @@ def main(argv=None) -> int:
         else:
             from public.engine.train.loop import train
             train(cfg)
-    return run_command(lambda: load_config(args.config, args.overrides), job)
+    def how_to_resume(cfg) -> str:
+        if args.evaluate:
+            return "nothing was written"
+        return (f"{cfg.work_dir}/latest.pth holds the last finished epoch; run the same command with resume=auto "
+                f"to continue from it")
+    return run_command(lambda: load_config(args.config, args.overrides), job, how_to_resume)
 
 
 if __name__ == "__main__":

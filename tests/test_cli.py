@@ -112,3 +112,24 @@ def test_evaluate_accepts_a_torchvision_state_dict(short_run, tmp_path):
                f"val_annotations={val_json}", "--evaluate", str(path)])
     assert "converted foreign checkpoint" in out and "'location_offset': 0.0" in out
     assert "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]" in out and "per-class AP" in out
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume(monkeypatch, capsys, tmp_path):
+    import public.engine.train.loop as loop
+    import train as train_cli
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "train", interrupted)
+    assert train_cli.main([f"work_dir={tmp_path / 'run'}"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"interrupted: {tmp_path / 'run'}/latest.pth holds the last finished epoch; run the same "
+                   f"command with resume=auto to continue from it")
+
+
+def test_an_option_that_is_a_config_key_gets_the_key_value_hint(capsys):
+    import train as train_cli
+    with pytest.raises(SystemExit) as stop:
+        train_cli.main(["--epochs", "3"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("config keys are set as key=value, without dashes: epochs=3")

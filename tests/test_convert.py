@@ -231,6 +231,21 @@ def test_labelme_rectangles_polygons_and_no_image_data(tmp_path, capsys):
     assert "1 LabelMe shapes without a box area skipped: 1 point" in capsys.readouterr().err
 
 
+def test_labelme_per_shape_difficult_flag(tmp_path):
+    """LabelMe writes a shape's flags as "flags": {"difficult": true}: that box is difficult
+    (iscrowd=1 by default, dropped with difficult="drop"); an unflagged one is not."""
+    write_image(tmp_path / "a.jpg", 40, 40)
+    labelme_file(tmp_path / "a.json", "a.jpg", [
+        {"label": "cat", "shape_type": "rectangle", "points": [[1, 1], [11, 11]], "flags": {"difficult": True}},
+        {"label": "cat", "shape_type": "rectangle", "points": [[20, 20], [30, 30]], "flags": {"difficult": False}},
+        {"label": "cat", "shape_type": "rectangle", "points": [[5, 20], [9, 30]], "flags": {}},
+    ], (40, 40))
+    data, _ = labelme_to_coco(tmp_path)
+    assert [crowd for _, _, crowd in boxes_of(data, "a.jpg")] == [1, 0, 0]
+    dropped, _ = labelme_to_coco(tmp_path, difficult="drop")
+    assert [box for _, box, _ in boxes_of(dropped, "a.jpg")] == [[20.0, 20.0, 10.0, 10.0], [5.0, 20.0, 4.0, 10.0]]
+
+
 def test_labelme_malformed_files_named(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     labelme_file(tmp_path / "flat.json", "flat.jpg", [{"label": "x", "shape_type": "rectangle",

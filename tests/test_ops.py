@@ -60,3 +60,20 @@ def test_grouped_nms_in_calls_equals_batched_nms(monkeypatch, max_boxes_per_call
         assert max(calls) < max_boxes_per_call + 200                    # whole groups: under the limit + one group
     else:
         assert calls == [K]
+
+
+def test_class_agnostic_nms_keeps_one_box_per_object():
+    """Two classes claim one object (IoU 0.9): per-class NMS keeps both boxes, class-agnostic
+    NMS the better one; a box elsewhere stays either way. The ONNX graph's NMS agrees."""
+    from public.engine.export.exporter import padded_nms
+
+    boxes = torch.tensor([[[0, 0, 10, 10], [0, 0, 10, 9], [20, 20, 30, 30]]], dtype=torch.float32)  # [1, 3, 4]
+    scores = torch.tensor([[0.9, 0.8, 0.7]])
+    labels = torch.tensor([[0, 1, 1]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    per_class = postprocess.nms_per_image(boxes, scores, labels, valid, 2, 0.5, 100)[0]
+    agnostic = postprocess.nms_per_image(boxes, scores, labels, valid, 2, 0.5, 100, class_agnostic=True)[0]
+    assert per_class["scores"].tolist() == pytest.approx([0.9, 0.8, 0.7])
+    assert agnostic["scores"].tolist() == pytest.approx([0.9, 0.7]) and agnostic["labels"].tolist() == [0, 1]
+    out_boxes, out_scores, out_labels, counts = padded_nms(boxes, scores, labels, valid, 2, 0.5, 4, True)
+    assert counts.tolist() == [2] and out_labels[0].tolist() == [0, 1, -1, -1]

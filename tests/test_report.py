@@ -6,6 +6,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from pycocotools.coco import COCO
 
 from bench.eval_backends import perturbed_detections
@@ -132,3 +133,51 @@ def test_drawing_follows_the_image_size_and_keeps_labels_off_small_objects():
         text_rows = np.flatnonzero((drawn[:y1 - lw, x1: x1 + 4 * side] != 0).any(axis=(1, 2)))
         tab_height = text_rows.max() - text_rows.min() + 1
         assert 0.015 * height <= tab_height <= 0.1 * height or (height == 160 and tab_height <= 16)
+
+
+# ---- the report is at IoU 0.5 ------------------------------------------------------------------------------
+def test_pr_curves_and_f_thresholds_are_at_iou_50_by_hand():
+    """Detections with IoU 0.6 to their box count as hits at IoU 0.5 (and misses at 0.75), the
+    exact ones at both: the curves and F-optimal thresholds below are worked out by hand at 0.5.
+
+    Class "a" (id 7, label 0), 3 boxes; detections by score:
+        0.9 IoU 0.6 with box 1 | 0.8 on nothing | 0.7 exact on box 2 | 0.6 IoU 0.6 with box 3
+        at IoU 0.5: hits 1, 1, 2, 3 -> recall 1/3, 1/3, 2/3, 1; precision 1, 1/2, 2/3, 3/4;
+        interpolated (best precision at this recall or beyond) 1, 3/4, 3/4, 3/4.
+        A recall threshold r is first reached at 0.9 (r <= 1/3), 0.7 (<= 2/3), 0.6 (<= 1);
+        F = 2PR / (P + R) is highest at R = 1, P = 3/4: F = 6/7 at score >= 0.6.
+        (At IoU 0.75 only the 0.7 detection hits: precision 1/3 up to recall 1/3, F 1/3 at 0.7.)
+    Class "b" (id 2, label 1), 1 box; detections: 0.5 IoU 0.6, 0.4 exact (a duplicate at 0.5):
+        at IoU 0.5 recall 1 at precision 1 from score 0.5: F = 1 at 0.5.
+        (At IoU 0.75 the 0.5 one misses and 0.4 hits: precision 1/2, F 2/3 at 0.4.)
+    """
+    images = [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400} for i in (1, 2)]
+    annotations = [ann(1, 1, 7, [0, 0, 100, 100]), ann(2, 1, 7, [200, 0, 100, 100]), ann(3, 2, 7, [0, 200, 100, 100]),
+                   ann(4, 2, 2, [200, 200, 100, 100])]
+    coco = coco_from({"images": images, "annotations": annotations,
+                      "categories": [{"id": 7, "name": "a"}, {"id": 2, "name": "b"}]})
+    # a box shifted by 25 along one side: IoU 75 / 125 = 0.6
+    results = [det(1, 7, [25, 0, 100, 100], 0.9), det(1, 7, [300, 300, 50, 50], 0.8), det(1, 7, [200, 0, 100, 100], 0.7),
+               det(2, 7, [0, 225, 100, 100], 0.6),
+               det(2, 2, [225, 200, 100, 100], 0.5), det(2, 2, [200, 200, 100, 100], 0.4)]
+    result = coco_evaluate(coco, results)                 # the report's path: test.py scores with this
+    names, cat_ids = ["a", "b"], [7, 2]
+    thresholds = f_measure_thresholds(result.coco_eval, names, cat_ids)
+    assert thresholds == [{"name": "a", "category_id": 7, "threshold": 0.6, "f_measure": pytest.approx(6 / 7)},
+                          {"name": "b", "category_id": 2, "threshold": 0.5, "f_measure": pytest.approx(1.0)}]
+
+    recall, precision, scores = _pr_at_iou50(result.coco_eval)
+    np.testing.assert_allclose(recall, np.linspace(0, 1, 101))
+    k_a, k_b = result.coco_eval.params.catIds.index(7), result.coco_eval.params.catIds.index(2)
+    expected_a = np.where(recall <= 1 / 3, 1.0, 0.75)
+    np.testing.assert_allclose(precision[:, k_a], expected_a)
+    np.testing.assert_allclose(scores[:, k_a], np.select([recall <= 1 / 3, recall <= 2 / 3], [0.9, 0.7], 0.6))
+    np.testing.assert_allclose(precision[:, k_b], 1.0)
+    np.testing.assert_allclose(scores[:, k_b], 0.5)
+    # the curves drawn, and the best-F point marked on them
+    figures = dict(pr_figures(result.coco_eval, names, cat_ids, thresholds))
+    lines_a = figures["000_a.png"].axes[0].lines
+    np.testing.assert_allclose(lines_a[0].get_ydata(), expected_a)
+    np.testing.assert_allclose(lines_a[1].get_xydata(), [[1.0, 0.75]])
+    np.testing.assert_allclose(figures["001_b.png"].axes[0].lines[0].get_ydata(), 1.0)
+    np.testing.assert_allclose(figures["all_classes.png"].axes[0].lines[-1].get_ydata(), (expected_a + 1.0) / 2)

@@ -229,3 +229,32 @@ def test_work_dir_rules(tmp_path):
     (tmp_path / "notes.md").write_text("mine")
     assert check_work_dir(tmp_path, atss) == ["best.pth", "train.log", "config.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]        # the user's own files stay
+
+
+def test_full_disk_and_read_only_folder_are_one_line_naming_the_path(tmp_path, monkeypatch):
+    """A checkpoint write that fails in the OS (errno 28 inside torch.save, a read-only folder)
+    is one OSError naming the file and the errno, told as bad input, and the previous file stays."""
+    import errno
+    import public.engine.runs.checkpoint as checkpoint_module
+
+    path = tmp_path / "run" / "latest.pth"
+    save_checkpoint({"epoch": 1}, path)
+
+    def full_disk(state, f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as cause:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from cause
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(OSError) as error:
+        save_checkpoint({"epoch": 2}, path)
+    assert error.value.errno == errno.ENOSPC and str(path) in str(error.value)
+    message = user_error_message(error.value)
+    assert message.startswith("[Errno 28] cannot write checkpoint") and "previous one is intact" in message
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1 and list(path.parent.glob("*.tmp")) == []
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp",
+                        lambda **kw: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")))
+    with pytest.raises(OSError) as error:
+        save_checkpoint({"epoch": 2}, path)
+    assert user_error_message(error.value) == f"[Errno 13] cannot write checkpoint {path}: Permission denied"

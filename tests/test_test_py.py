@@ -227,8 +227,10 @@ def test_detect_images_draws_boxes_and_writes_json(checkpoint, tmp_path, capsys)
     cli = load_test_cli()
     # One detection per image, so the drawn box is not painted over by others.
     args = ["--checkpoint", str(checkpoint), "--images", str(inputs), "--out", str(out), "--score-thresh", "0",
-            *LOW, "detections_per_img=1"]
+            *LOW, "detections_per_img=1", "--save-txt"]
     assert cli.main(args) == 0
+    assert sorted(p.name for p in (out / "labels").iterdir()) == sorted(Path(n).stem + ".txt" for n in names)
+    assert all(len((out / "labels" / f"{Path(n).stem}.txt").read_text().splitlines()) == 1 for n in names)
     assert re.search(r"cannot read image \S*broken\.png: skipped", capsys.readouterr().out)
     records = json.loads((out / "detections.json").read_text())
     assert [r["file_name"] for r in records] == sorted(names)
@@ -303,3 +305,18 @@ def test_cli_evaluation_report(checkpoint, tmp_path):
     assert len(pngs) == len(with_gt) and cv2.imread(str(pngs[0])).shape == (450, 500, 3)
     for name in ("pr_curves/all_classes.png", "confusion_matrix.png", "val_samples.png"):
         assert cv2.imread(str(work_dir / name)) is not None, name
+
+
+def test_save_txt_writes_one_normalised_line_per_box(tmp_path):
+    """--save-txt: labels/<stem>.txt with 'label cx cy w h score', centre and size as fractions
+    of the image (checked by hand on a 200 x 100 image), an empty file for an image without boxes."""
+    from public.engine.evaluate.tester import write_txt
+
+    detections = {"boxes": np.array([[20, 10, 60, 50], [100, 0, 200, 100]], np.float32),
+                  "scores": np.array([0.9, 0.25], np.float32), "labels": np.array([2, 0])}
+    write_txt(tmp_path / "labels" / "a.txt", detections, width=200, height=100)
+    lines = (tmp_path / "labels" / "a.txt").read_text().splitlines()
+    assert lines == ["2 0.200000 0.300000 0.200000 0.400000 0.9000", "0 0.750000 0.500000 0.500000 1.000000 0.2500"]
+    empty = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32), "labels": np.zeros(0, int)}
+    write_txt(tmp_path / "labels" / "b.txt", empty, width=10, height=10)
+    assert (tmp_path / "labels" / "b.txt").read_text() == ""

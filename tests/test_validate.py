@@ -35,7 +35,8 @@ def write(root: Path, images: list[dict], annotations: list, categories=CATEGORI
         path = images_dir / im["file_name"]
         if not path.exists():
             pixels = np.full((SIDE, SIDE, 3), 100, np.uint8)
-            pixels[4:12, 4 + im["id"] % 16:12 + im["id"] % 16] = 255
+            shift = int(im["id"]) % 16
+            pixels[4:12, 4 + shift:12 + shift] = 255
             cv2.imwrite(str(path), pixels)
     ann_file = root / name
     ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -473,3 +474,34 @@ def test_check_images_modes(tmp_path):
     assert validate_coco(images_dir, ann_file, "off").fatal == []
     with pytest.raises(ValueError, match="check_images must be one of"):
         validate_coco(images_dir, ann_file, "full")
+
+
+def test_ids_written_as_numeric_strings_are_converted(tmp_path):
+    """Image, category and annotation ids given as "3" are the ints they spell (as numeric-string
+    boxes are numbers), with one repair line naming each entry: the image keeps its boxes, and a
+    perfect detector scores 1.000 (dropped boxes would make the image a negative)."""
+    images = good_images(3)
+    images[2]["id"] = "3"
+    annotations = good_annotations()
+    for a in annotations:
+        if a["image_id"] == 3:
+            a["image_id"], a["id"], a["category_id"] = "3", str(a["id"]), str(a["category_id"])
+    categories = [{"id": "1", "name": "cat"}, {"id": 2, "name": "dog"}]
+    with CapturedLog() as log:
+        dataset = CocoDetection(*write(tmp_path, images, annotations, categories))
+    assert dataset.validation.image_ids == [1, 2, 3] and dataset.category_ids == [1, 2]
+    groups = dataset.validation.repaired
+    assert [g.what for g in groups] == ["ids written as strings, converted to integers"]
+    converted = [a for a in annotations if a["image_id"] == "3"]
+    assert len(groups[0].items) == 2 + 3 * len(converted)   # image #2 and category #0, 3 ids per annotation
+    assert "image #2: id '3'" in groups[0].items and len(log.warnings) == 1
+    sample = dataset[dataset.validation.image_ids.index(3)]
+    assert len(sample["boxes"]) == len(converted) > 0
+    assert coco_evaluate(dataset.coco, perfect_detections(dataset)).stats[0] == pytest.approx(1.0)
+
+
+def test_an_id_that_is_no_number_is_named_with_its_quotes(tmp_path):
+    annotations = good_annotations() + [ann(99, "three", 1, [2, 2, 8, 8])]
+    dataset = CocoDetection(*write(tmp_path, good_images(3), annotations))
+    group = [g for g in dataset.validation.repaired if "not in 'images'" in g.what][0]
+    assert group.items == ["annotation id 99 (image id 'three')"]

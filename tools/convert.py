@@ -360,8 +360,9 @@ def labelme_to_coco(source: str | Path, images_dir: str | Path | None = None,
     Rectangles and polygons become their points' min/max box, circles (centre, a point on
     the edge) their bounding square; points and lines carry no box and are counted in a
     warning. ``imageData`` (the image embedded in base64) is never read into the output:
-    the image file is referenced by ``imagePath``. Shapes flagged ``difficult`` follow
-    ``difficult`` as for VOC.
+    the image file is referenced by ``imagePath``. Shapes flagged difficult (LabelMe's per-shape
+    ``"flags": {"difficult": true}``, or a ``"difficult"`` key of the shape) follow ``difficult``
+    as for VOC.
 
     Args:
         source: a folder of LabelMe .json files (or one file).
@@ -435,7 +436,9 @@ def labelme_to_coco(source: str | Path, images_dir: str | Path | None = None,
             if x2 <= x1 or y2 <= y1:
                 problems.append(f"{where} ({name}): its points span zero width or height")
                 continue
-            is_difficult = bool(shape.get("difficult", False))
+            # LabelMe stores per-shape flags under "flags" ({"difficult": true}); a top-level key too
+            flags = shape.get("flags") if isinstance(shape.get("flags"), dict) else {}
+            is_difficult = bool(flags.get("difficult", shape.get("difficult", False)))
             if is_difficult and difficult == "drop":
                 continue
             builder.add_box(image_id, name, [x1, y1, x2 - x1, y2 - y1], crowd=is_difficult and difficult == "crowd")

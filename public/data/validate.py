@@ -140,6 +140,7 @@ def validate_coco(images_dir: str, annotations_file: str, check_images: str = "h
     dataset = _load_json(report)
     if dataset is None:
         return report
+    _convert_numeric_string_ids(report, dataset)
     categories = _check_categories(report, dataset["categories"])
     images = _check_images_entries(report, dataset["images"])
     if categories is None or images is None:
@@ -195,6 +196,25 @@ def _load_json(report: Validation) -> dict | None:
                    [f"{path!r} has no list {missing}"], "a COCO json has 'images', 'annotations' and 'categories'")
         return None
     return dataset
+
+
+# Where a json holds ids: (list, key) pairs, with how a repair names the entry.
+_ID_FIELDS = (("categories", "id", "category"), ("images", "id", "image"), ("annotations", "id", "annotation"),
+              ("annotations", "image_id", "annotation"), ("annotations", "category_id", "annotation"))
+
+
+def _convert_numeric_string_ids(report: Validation, dataset: dict) -> None:
+    """Ids written as numeric strings ("3") become ints, as numeric-string boxes become numbers,
+    consistently for image, category and annotation ids; one repair line names each entry. Other
+    strings stay, and the checks after this refuse or repair them naming the entry."""
+    converted = []
+    for section, key, what in _ID_FIELDS:
+        for i, entry in enumerate(dataset.get(section) or []):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                entry[key] = int(value)
+                converted.append(f"{what} #{i}: {key} {value!r}")
+    report.add(REPAIRED, "ids written as strings, converted to integers", converted)
 
 
 def _check_categories(report: Validation, categories: list) -> list[dict] | None:
@@ -364,7 +384,7 @@ def _clean_annotations(report: Validation, dataset: dict, images: list[dict], ca
     train = kept & ~crowd                        # in the training targets
 
     def where(mask):
-        return [f"{name(k)} (image id {annotations[k].get('image_id')})" for k in np.flatnonzero(mask)]
+        return [f"{name(k)} (image id {annotations[k].get('image_id')!r})" for k in np.flatnonzero(mask)]
 
     report.add(REPAIRED, "annotations of an image id not in 'images', dropped", where(bad_image),
                "add the image or remove the annotation")
@@ -421,7 +441,7 @@ def _clean_annotations(report: Validation, dataset: dict, images: list[dict], ca
     report.labels = np.split(label[order].astype(np.int64), splits) if num_images else []
     report.num_crowd = int((kept & crowd).sum())
     if num_images and not train.any():
-        why = (f"the json has no annotations" if count == 0 else
+        why = ("the json has no annotations" if count == 0 else
                f"all {count} annotations were dropped or are crowd (see above)")
         report.add(FATAL, "no usable boxes: nothing to train on or score against",
                    [f"{report.annotations_file}: {why}"], "annotate at least one object")

@@ -86,8 +86,10 @@ def _k_at_most(level: torch.Tensor, k: int):
 
 
 def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-                  num_classes: int, nms_thresh: float, max_per_image: int) -> list[dict[str, torch.Tensor]]:
-    """Class-wise NMS within each image, then the ``max_per_image`` best of each image.
+                  num_classes: int, nms_thresh: float, max_per_image: int,
+                  class_agnostic: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Class-wise NMS within each image (``class_agnostic``: across classes, so one object
+    claimed by two classes keeps its best box), then the ``max_per_image`` best of each image.
 
     Args: boxes [B, K, 4], scores [B, K], labels [B, K] in 0..num_classes-1, valid bool [B, K].
     Returns: per image {"boxes": [D, 4], "scores": [D], "labels": [D]}, by decreasing score.
@@ -95,7 +97,8 @@ def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tenso
     B, K = scores.shape
     image_idx = torch.arange(B, device=scores.device)[:, None].expand(B, K)
     image_idx, boxes, scores, labels = image_idx[valid], boxes[valid], scores[valid], labels[valid]
-    keep = grouped_nms(boxes, scores, image_idx * num_classes + labels, nms_thresh)  # by decreasing score
+    groups = image_idx if class_agnostic else image_idx * num_classes + labels  # [V]
+    keep = grouped_nms(boxes, scores, groups, nms_thresh)            # by decreasing score
     # Stable sort by image keeps each image's detections in decreasing score order.
     keep = keep[torch.sort(image_idx[keep], stable=True).indices]
     kept_images = image_idx[keep]
@@ -132,12 +135,13 @@ class DenseDecoder(nn.Module):
         self.topk = cfg.topk_candidates
         self.nms_thresh = cfg.nms_thresh
         self.max_det = cfg.detections_per_img
+        self.class_agnostic = cfg.class_agnostic_nms
 
     @torch.no_grad()
     def forward(self, outputs: dict, image_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         boxes, scores, labels, valid = self.candidates(outputs, image_sizes)
         return nms_per_image(boxes, scores, labels, valid, outputs["cls_logits"].shape[-1], self.nms_thresh,
-                             self.max_det)
+                             self.max_det, self.class_agnostic)
 
     def candidates(self, outputs: dict, image_sizes: torch.Tensor):
         """boxes [B, K, 4] clipped xyxy, scores [B, K], labels [B, K], valid bool [B, K]."""

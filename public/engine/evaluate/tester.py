@@ -60,7 +60,7 @@ def score_checkpoint(cfg, path: str, tta: bool = False, save_thresholds: bool = 
     model = loaded.model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    decoder, amp_dtype = cfg.build_decoder(), amp_dtype_of(cfg)
+    decoder, amp_dtype = cfg.build_decoder(), amp_dtype_of(cfg, device.type)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
 
     start = time.perf_counter()
@@ -179,7 +179,7 @@ class Detector:
             tta_passes(cfg)
         self.tta = tta
         self.predictor = Predictor(loaded.model.to(self.device), cfg.build_decoder(), cfg, self.device,
-                                   amp_dtype_of(cfg), cfg.channels_last)
+                                   amp_dtype_of(cfg, self.device.type), cfg.channels_last)
 
     def __call__(self, image_rgb: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [H, W, 3] RGB -> {"boxes" [D, 4] xyxy, "scores" [D], "labels" [D]} as numpy."""
@@ -207,9 +207,10 @@ def dataset_categories(cfg) -> tuple[list[int] | None, list[str] | None]:
 
 
 def detect_images(cfg, path: str, pattern: str, out_dir: str, score_thresh: float | None = None,
-                  tta: bool = False) -> list[dict]:
+                  tta: bool = False, save_txt: bool = False) -> list[dict]:
     """Detect in each image of ``pattern``; write annotated copies and detections.json to
-    ``out_dir``. Unreadable files are skipped with a warning. Returns the json entries."""
+    ``out_dir`` (``save_txt``: also ``labels/<image name>.txt`` per image, see ``write_txt``).
+    Unreadable files are skipped with a warning. Returns the json entries."""
     setup_logging(None, True)
     files = list_images(pattern)
     detector = Detector(cfg, path, score_thresh, tta)
@@ -229,6 +230,8 @@ def detect_images(cfg, path: str, pattern: str, out_dir: str, score_thresh: floa
         cv2.imwrite(str(out / file.name), drawn)
         records.append(detector.record(detections, file_name=file.name, width=image.shape[1],
                                        height=image.shape[0]))
+        if save_txt:
+            write_txt(out / "labels" / f"{file.stem}.txt", detections, image.shape[1], image.shape[0])
         logger.info("%s: %d detections, %.1f ms", file, len(detections["scores"]),
                     1000 * (detector.predictor.seconds - before))
     _finish(out, records, detector, time.perf_counter() - start, "image")
@@ -273,6 +276,18 @@ def detect_video(cfg, path: str, video: str, out_dir: str, score_thresh: float |
         logger.info("wrote %s (%d frames at %.1f fps)", target, len(records), fps)
     _finish(out, records, detector, time.perf_counter() - start, "frame")
     return records
+
+
+def write_txt(path: Path, detections: dict, width: int, height: int) -> None:
+    """One line per detection, as Ultralytics' ``save_txt``: ``label cx cy w h score`` with the
+    contiguous label (the class's index in the checkpoint's class list) and the box centre and
+    size as fractions of the image's width and height; an empty file where nothing was found."""
+    boxes = detections["boxes"].astype(np.float64).reshape(-1, 4)                 # [D, 4] xyxy pixels
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 / [width, height]                   # [D, 2]
+    size = (boxes[:, 2:] - boxes[:, :2]) / [width, height]                         # [D, 2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{label} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {score:.4f}\n" for label, (cx, cy), (w, h), score
+                            in zip(detections["labels"].tolist(), centre, size, detections["scores"].tolist())))
 
 
 def _finish(out: Path, records: list[dict], detector: Detector, wall: float, unit: str) -> None:

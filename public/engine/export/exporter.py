@@ -62,7 +62,7 @@ def require_onnx() -> None:
 
 
 def padded_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-               num_classes: int, nms_thresh: float, max_per_image: int):
+               num_classes: int, nms_thresh: float, max_per_image: int, class_agnostic: bool = False):
     """Class-wise NMS per image into fixed-size outputs; the traceable twin of ``nms_per_image``
     (the same kept boxes in the same order), without Python-side sizes.
 
@@ -73,7 +73,7 @@ def padded_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, 
     B, K = scores.shape[0], scores.shape[1]
     image_idx = torch.arange(B, device=scores.device)[:, None].expand(B, K)    # [B, K]
     image_idx, boxes, scores, labels = image_idx[valid], boxes[valid], scores[valid], labels[valid]  # [V]
-    groups = image_idx * num_classes + labels                                   # [V]
+    groups = image_idx if class_agnostic else image_idx * num_classes + labels  # [V]
     # One NMS over all (image, class) groups, kept apart by offsets larger than any box (as
     # torchvision's batched_nms). The zero keeps the max defined when nothing is valid. With
     # many images x classes the offsets grow (8 x 80 groups of 1333 px: ~8.5e5 px, where float32
@@ -109,7 +109,7 @@ class ExportModule(nn.Module):
             return tuple(outputs[name] for name in raw_output_names(outputs))
         boxes, scores, labels, valid = self.decoder.candidates(outputs, image_sizes)
         return padded_nms(boxes, scores, labels, valid, outputs["cls_logits"].shape[-1], self.decoder.nms_thresh,
-                          self.decoder.max_det)
+                          self.decoder.max_det, self.decoder.class_agnostic)
 
 
 def raw_output_names(outputs: dict) -> list[str]:
@@ -177,7 +177,8 @@ def export_metadata(cfg, model_name: str, class_names: list[str], category_ids: 
                            "resize_mode": cfg.resize_mode, "size_divisible": cfg.size_divisible,
                            "input": "float32 RGB 0-255 [B, 3, H, W], padded at the bottom/right"},
             "decoder": {"score_thresh": cfg.score_thresh, "topk_candidates": cfg.topk_candidates,
-                        "nms_thresh": cfg.nms_thresh, "detections_per_img": cfg.detections_per_img},
+                        "nms_thresh": cfg.nms_thresh, "detections_per_img": cfg.detections_per_img,
+                        "class_agnostic_nms": cfg.class_agnostic_nms},
             "opset": OPSET}
 
 

@@ -8,6 +8,7 @@ A densedet checkpoint is a dict::
      "optimizer": ..., "scheduler": ..., "scaler": ...,   # these four only in latest.pth:
      "rng": [random states of each process],             #   see public/engine/runs/state.py
      "eval_pending": bool, "epoch_losses": {...},        #   written before the epoch's evaluation
+     "best_epoch": int | None,                           #   the epoch of best_map (latest.pth only)
      "score_thresholds": [float | None per label]}         # only after test.py --save-thresholds
 
 A bare state dict (or ``{"model": state_dict}``, torchvision's reference scripts) of a model
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from public.engine.command import os_error_of
 from public.engine.runs.weights import without_imagenet
 from public.engine.runs.identity import check_checkpoint, eval_input_differences, take_auto_settings
 
@@ -34,17 +36,25 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash mid-write never
     leaves a truncated checkpoint behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    except OSError as error:  # a read-only or missing folder: its errno, naming the checkpoint
+        raise OSError(error.errno, f"cannot write checkpoint {path}: {error.strerror}") from error
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        cause = os_error_of(error)
+        if cause is not None:  # e.g. a full disk, which torch.save reports as "unexpected pos"
+            raise OSError(cause.errno, f"cannot write checkpoint {path} (the previous one is intact): "
+                                       f"{cause.strerror or os.strerror(cause.errno)}") from error
         raise
+
 
 
 def load_checkpoint(path: str | Path) -> dict:

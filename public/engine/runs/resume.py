@@ -63,11 +63,12 @@ def load_resume_checkpoint(path: str, cfg, class_names: list[str], category_ids:
 
 
 def latest_state(model, optimizer, scheduler, scaler, epoch: int, best_map: float, eval_pending: bool,
-                 losses: dict) -> dict:
+                 losses: dict, best_epoch: int | None = None) -> dict:
     """What ``latest.pth`` holds beyond the run's metadata, after ``epoch`` (1-based) epochs.
     Gathers the random states of every process: call it on every process."""
     states = dist_utils.all_gather_objects(rng_state())   # one per rank
-    return {"model": model.state_dict(), "epoch": epoch, "best_map": best_map, "optimizer": optimizer.state_dict(),
+    return {"model": model.state_dict(), "epoch": epoch, "best_map": best_map, "best_epoch": best_epoch,
+            "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": states,
             "eval_pending": eval_pending, "epoch_losses": dict(losses)}
 
@@ -85,6 +86,24 @@ def restore(checkpoint: dict, path: str, model, optimizer, scheduler, scaler) ->
     logger.info("resumed from %s at epoch %d (best mAP %.4f)%s", path, epoch + 1, best_map,
                 f"; evaluating epoch {epoch} first" if pending is not None else "")
     return epoch, best_map, pending
+
+
+def best_epoch_of(checkpoint: dict, work_dir) -> int | None:
+    """The epoch (1-based) of the best mAP a ``latest.pth`` records; a checkpoint written before
+    it held one ("best_epoch" absent): the epoch of ``work_dir/best.pth`` if that file holds the
+    same best mAP, else None (unknown)."""
+    if "best_epoch" in checkpoint:
+        return None if checkpoint["best_epoch"] is None else int(checkpoint["best_epoch"])
+    best = Path(work_dir) / "best.pth"
+    if not best.is_file():
+        return None
+    try:
+        stored = load_checkpoint(best)
+    except Exception:  # an unreadable best.pth: the epoch is unknown, training goes on
+        return None
+    if stored.get("best_map") is not None and float(stored["best_map"]) == float(checkpoint["best_map"]):
+        return int(stored["epoch"])
+    return None
 
 
 def restore_rng(checkpoint: dict) -> None:

@@ -126,9 +126,11 @@ def train(cfg) -> float:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
 
     start_epoch, best_map, pending_losses = 0, -1.0, None   # pending: the last epoch's evaluation is redone
+    best_epoch = None                                       # the epoch (1-based) of best.pth
     if checkpoint is not None:
         start_epoch, best_map, pending_losses = resume_utils.restore(checkpoint, resume, model, optimizer,
                                                                      scheduler, scaler)
+        best_epoch = resume_utils.best_epoch_of(checkpoint, work_dir)
 
     if main:
         logger.info("config %s:\n%s", type(cfg).__module__, cfg)
@@ -156,7 +158,7 @@ def train(cfg) -> float:
     if checkpoint is not None:
         resume_utils.restore_rng(checkpoint)   # last: the states of the uninterrupted run at this epoch's end
         if pending_losses is not None:
-            best_map = evaluation(start_epoch, pending_losses, best_map)
+            best_map, best_epoch = evaluation(start_epoch, pending_losses, best_map, best_epoch)
 
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.batch_sampler.set_epoch(epoch)   # the order and augmentation of this epoch's images
@@ -165,13 +167,13 @@ def train(cfg) -> float:
         evaluate_now = (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs
         # latest.pth before the evaluation: an evaluation that fails or is killed loses no training
         state = resume_utils.latest_state(model, optimizer, scheduler, scaler, epoch + 1, best_map, evaluate_now,
-                                          losses)
+                                          losses, best_epoch)
         if main:
             save_checkpoint({**meta, **state}, work_dir / "latest.pth")
         if evaluate_now:
-            best_map = evaluation(epoch + 1, losses, best_map)
+            best_map, best_epoch = evaluation(epoch + 1, losses, best_map, best_epoch)
     recorder.close()
-    logger.info("done: best mAP %.4f, checkpoints in %s", best_map, work_dir)
+    logger.info("done: best mAP %.4f at epoch %s, checkpoints in %s", best_map, best_epoch, work_dir)
     return best_map
 
 
@@ -185,11 +187,13 @@ def check_classes(cfg, train_set, val_set) -> None:
 
 
 def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, scheduler, meta, recorder,
-                   epoch: int, losses: dict, best_map: float) -> float:
+                   epoch: int, losses: dict, best_map: float,
+                   best_epoch: int | None = None) -> tuple[float, int | None]:
     """Evaluate after ``epoch`` (1-based) epochs: log it, add its metrics.jsonl row (and the
     recorder's results.csv, results.png, TensorBoard), save best.pth if the mAP improved; returns
-    the best mAP. Random states are left as they were, so the training that follows does not
-    depend on whether this ran (or ran again on resume)."""
+    the best mAP and its epoch (``best_epoch`` if not improved). Random states are left as they
+    were, so the training that follows does not depend on whether this ran (or ran again on
+    resume)."""
     with preserved_rng():
         result = evaluate(model, decoder, val_loader, val_set, device, amp_dtype,
                           cfg.channels_last, cfg.eval_backend, eval_resize(cfg))
@@ -201,11 +205,11 @@ def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, 
                                                   "lr": scheduler.get_lr(), "time": recorder.elapsed()})
         recorder.evaluated(epoch, result)  # TensorBoard, results.csv, results.png
         if result.stats[0] > best_map:
-            best_map = result.stats[0]
+            best_map, best_epoch = result.stats[0], epoch
             save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "best_map": best_map},
                             work_dir / "best.pth")
-            logger.info("new best mAP %.4f: saved %s", best_map, work_dir / "best.pth")
-    return dist_utils.broadcast_object(best_map)
+            logger.info("new best mAP %.4f at epoch %d: saved %s", best_map, epoch, work_dir / "best.pth")
+    return tuple(dist_utils.broadcast_object((best_map, best_epoch)))
 
 
 def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, device, epoch, cfg, amp_dtype,

@@ -97,6 +97,12 @@ def log_error_to_file(message: str, error: BaseException) -> None:
             handler.handle(record)
 
 
+def format_value(key: str, value: float) -> str:
+    """A logged number: the lr in scientific notation (1e-5 would read 0.0000 with 4 decimals),
+    the rest with 4 decimals."""
+    return f"{value:.2e}" if key == "lr" else f"{value:.4f}"
+
+
 class SmoothedValue:
     """Windowed median and global average of a stream of numbers."""
 
@@ -147,7 +153,7 @@ class MetricLogger:
         return {key: meter.global_avg for key, meter in self.meters.items()}
 
     def _postfix(self) -> dict[str, str]:
-        return {k: (f"{m.median:.2e}" if k == "lr" else f"{m.median:.4f}") for k, m in self.meters.items()}
+        return {k: format_value(k, m.median) for k, m in self.meters.items()}
 
     def log_every(self, iterable, header: str):
         total = len(iterable)
@@ -167,7 +173,7 @@ class MetricLogger:
                 if (i + 1) % self.log_interval == 0 or i + 1 == total:
                     eta = datetime.timedelta(seconds=int(step_time.global_avg * (total - i - 1)))
                     parts = [f"{header} [{i + 1}/{total}]", f"eta {eta}"]
-                    parts += [f"{k} {m.median:.4f}" for k, m in self.meters.items()]
+                    parts += [f"{k} {format_value(k, m.median)}" for k, m in self.meters.items()]
                     parts += [f"data {data_time.median:.3f}s", f"step {step_time.median:.3f}s"]
                     if self.device is not None and self.device.type == "cuda":
                         parts.append(f"mem {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f}MB")

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The GPU check: every speed figure of densedet against torchvision in one run, under 10 minutes
+# on one H100 / H200 (training images/s, peak memory, host syncs per step, loader images/s,
+# decoder ms, inference images/s). Writes one markdown file and prints it; progress on stderr.
+#
+#   bash bench/gpu.sh                     # GPU: ResNet-50, 800x1333, batch 8 -> bench/gpu_results.md
+#   bash bench/gpu.sh --out /tmp/r.md     # the results elsewhere (or GPU_CHECK_OUT=/tmp/r.md)
+#   bash bench/gpu.sh --tiny              # CPU smoke run, ResNet-18, 128x128, batch 2 (or GPU_CHECK_TINY=1)
+#   PYTHON=/path/to/python bash bench/gpu.sh
+#
+# Columns and options: bench/gpu_check.py (python bench/gpu_check.py --help).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+exec "${PYTHON:-python}" bench/gpu_check.py "$@"
