@@ -26,10 +26,12 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 from public.data.demo import demo_paths
+from public.engine.command import DEFAULT_CONFIG
 from public.models.backbone import BACKBONES
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -354,6 +356,11 @@ class BaseConfig:
     def to_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.fields()}
 
+    def changed(self) -> dict[str, Any]:
+        """The keys whose value differs from this config class's default (the command's overrides
+        and the values resolved at the start of a run)."""
+        return {key: value for key, value in self.to_dict().items() if value != self.fields()[key]}
+
     def set(self, key: str, value: Any) -> None:
         """Set ``key`` after checking its type and allowed values (cross-key rules: ``check``)."""
         keys = self.keys()
@@ -454,9 +461,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> BaseConf
     ``fcos.config``) so that it shares classes with the rest of the code; a file elsewhere
     is imported from its path.
     """
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    path = find_config_file(path)
     try:
         module_name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
         module = importlib.import_module(module_name)
@@ -471,6 +476,133 @@ def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> BaseConf
     cfg.check()
     if not cfg.work_dir:
         cfg.work_dir = str(Path("work_dirs") / _config_name(path))
+    return cfg
+
+
+def find_config_file(path: str | Path) -> Path:
+    """The config file at ``path``: as given (absolute, or relative to the current folder), else
+    relative to the repository root (``--config fcos/config.py`` works from any folder)."""
+    given = Path(path)
+    for candidate in (given, REPO_ROOT / given) if not given.is_absolute() else (given,):
+        if candidate.is_file():
+            return candidate.resolve()
+    where = "" if given.is_absolute() else f" (nor {REPO_ROOT / given})"
+    raise FileNotFoundError(f"config file not found: {given.resolve()}{where}")
+
+
+# What a run's checkpoint decides even under an explicit --config (unless given as key=value):
+# the data it was evaluated on and how evaluation resizes its images.
+RUN_EVAL_KEYS = ("val_images", "val_annotations", "test_min_size", "max_size", "resize_mode", "test_resize",
+                 "size_divisible")
+# Stored values that describe where and how the run ran, not the model: never taken from it.
+_RUN_PLACE_KEYS = ("device", "work_dir", "resume", "overwrite")
+
+
+def _announce(line: str) -> None:
+    """Print on the main process only (RANK 0, or no torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, flush=True)
+
+
+def stored_run(checkpoint_path: str | Path) -> dict | None:
+    """What ``checkpoint_path`` says about its run: {"config": dict, "model_type": str | None,
+    "source": "checkpoint" | "onnx"}; None for a foreign state dict, an older ``.onnx`` without a
+    config, or a file that cannot be read (its loader reports that when the job runs)."""
+    from public.engine.runs.checkpoint import is_densedet, load_checkpoint
+
+    path = Path(checkpoint_path)
+    if path.suffix.lower() == ".onnx":
+        from public.engine.export.runtime import read_metadata
+        try:
+            meta = read_metadata(path)
+        except (ImportError, OSError, ValueError, RuntimeError):
+            return None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            return None
+        return {"config": meta["config"], "model_type": meta.get("model_type"), "source": "onnx"}
+    try:
+        checkpoint = load_checkpoint(path)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if not is_densedet(checkpoint) or not isinstance(checkpoint.get("config"), dict):
+        return None
+    return {"config": checkpoint["config"], "model_type": checkpoint.get("model_type"), "source": "checkpoint"}
+
+
+def _stored_path(value: Any) -> Any:
+    """A relative data path of a stored config: from the current folder if it is there, else from
+    the repository root if it is there, else as stored."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
+        return value
+    return str(REPO_ROOT / value) if (REPO_ROOT / value).exists() else value
+
+
+def _override_keys(overrides) -> set[str]:
+    return {item.split("=", 1)[0].strip().lstrip("-") for item in overrides if "=" in item}
+
+
+def load_run_config(checkpoint_path: str | Path, config_path: str | Path | None = None,
+                    overrides: list[str] | tuple = (), announce: Callable[[str], Any] | None = _announce) -> BaseConfig:
+    """The config to evaluate, detect with or export the checkpoint (or exported ``.onnx``) at
+    ``checkpoint_path``: "the checkpoint carries its run".
+
+    Without ``config_path``: the Config class of the checkpoint's model (``model_type``, e.g.
+    ``fcos.config``) updated with the config stored in it (keys the class declares; others are
+    ignored with a note), then ``overrides``. With ``config_path``: that file and ``overrides``
+    (``load_config``), except that ``RUN_EVAL_KEYS`` (evaluation data and sizes) still come
+    from the checkpoint unless overridden. A file that stores no config (a torchvision state
+    dict) takes the config file (default ``DEFAULT_CONFIG``) as ``load_config`` does; an
+    ``.onnx`` from an older export needs ``config_path``. ``work_dir`` is the checkpoint's
+    folder unless overridden. ``announce`` gets one line: the run's values used, what was
+    overridden.
+    """
+    run = stored_run(checkpoint_path)
+    if run is None:
+        if config_path is None and str(checkpoint_path).lower().endswith(".onnx") and Path(checkpoint_path).is_file():
+            raise ValueError(f"{checkpoint_path} holds no config (exported before export.py stored the run's "
+                             f"config): pass --config CFG (e.g. --config fcos/config.py) with val_images=DIR "
+                             f"val_annotations=FILE, or export the checkpoint again")
+        return load_config(config_path or DEFAULT_CONFIG, overrides)
+    stored = {k: (_stored_path(v) if k in ("val_images", "val_annotations", "train_images", "train_annotations")
+                  else v) for k, v in run["config"].items()}
+    given = _override_keys(overrides)
+    notes = []
+    if config_path is None:
+        module_name = run["model_type"] or ".".join(Path(DEFAULT_CONFIG).with_suffix("").parts)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ValueError(f"{checkpoint_path} is a {module_name} model, which this code does not define "
+                             f"({error}): pass --config CFG") from error
+        cfg = module.Config()
+        declared = cfg.keys()
+        unknown = sorted(k for k in stored if k not in declared)
+        for key, value in stored.items():
+            if key in declared and key not in _RUN_PLACE_KEYS and key not in given:
+                try:
+                    cfg.set(key, value)
+                except (KeyError, TypeError, ValueError) as error:
+                    unknown.append(f"{key} ({error})")
+        if unknown:
+            notes.append(f"ignored stored keys this code does not take: {', '.join(unknown)}")
+        cfg.apply_overrides(list(overrides))
+        cfg.check()
+        model = module_name.split(".")[0]
+    else:
+        cfg = load_config(config_path, overrides)
+        taken = [k for k in RUN_EVAL_KEYS if k in stored and k not in given and hasattr(cfg, k)]
+        for key in taken:
+            cfg.set(key, stored[key])
+        cfg.check()
+        model = (run["model_type"] or "").split(".")[0] or type(cfg).__module__.split(".")[0]
+        notes.append(f"config {config_path} with the run's data and eval sizes")
+    if "work_dir" not in given:
+        cfg.work_dir = str(Path(checkpoint_path).resolve().parent)
+    if announce is not None:
+        shown = ", ".join(item for item in overrides if "=" in item) or "nothing"
+        announce(f"run of {checkpoint_path}: {model}, val data {cfg.val_annotations}, test_min_size="
+                 f"{cfg.test_min_size} max_size={cfg.max_size}; overridden: {shown}"
+                 + "".join(f"; {note}" for note in notes))
     return cfg
 
 

@@ -1,8 +1,12 @@
 """Export a trained detector to ONNX, checked against PyTorch with ONNX Runtime.
 
-    python export.py --config fcos/config.py --checkpoint work_dirs/fcos/best.pth --out fcos.onnx
-    python export.py --config atss/config.py --checkpoint CKPT --out atss_raw.onnx --raw   # head outputs only
-    python export.py --config fcos/config.py --checkpoint CKPT score_thresh=0.3 detections_per_img=50
+    python export.py --checkpoint work_dirs/fcos/best.pth --out fcos.onnx
+    python export.py --checkpoint CKPT --out atss_raw.onnx --raw       # head outputs only
+    python export.py --checkpoint CKPT score_thresh=0.3 detections_per_img=50
+
+The config is the checkpoint's run (its model and stored config, key=value overrides on
+top); --config FILE takes the file instead (needed for a torchvision state dict), with the
+run's evaluation sizes.
 
 The graph takes float32 RGB pixels 0-255 [B, 3, H, W] (each image resized as the config's
 evaluation does, at the top left, padded at the bottom/right to a multiple of
@@ -11,11 +15,12 @@ are dynamic. It normalises, runs the network and decodes (score threshold, top-k
 class-wise NMS) into fixed-size outputs: boxes [B, D, 4], scores [B, D], labels [B, D]
 (-1 in unused slots) and num_detections [B], D = detections_per_img. --raw stops after the
 network. The decoder settings (score_thresh, topk_candidates, nms_thresh,
-detections_per_img) are the config's, key=value overrides included, and are fixed in the file.
+detections_per_img) are the config's, key=value overrides included, and are fixed in the file;
+the metadata also holds the classes and the run's whole config.
 
 After writing, the file is run with ONNX Runtime next to the PyTorch model on random pixels
 at two sizes (batch 2) and the largest differences are printed. Run the file with
-``python test.py --config CFG --checkpoint model.onnx`` (evaluation or --images / --video).
+``python test.py --checkpoint model.onnx`` (evaluation or --images / --video).
 Needs onnx and onnxruntime (pip install -r requirements-dev.txt); training does not.
 """
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import sys
 from pathlib import Path
 
-from config import load_config
+from config import load_run_config
 from public.engine.command import parse_command_line, run_command
 
 # Largest differences accepted by the check after export (the parity tests measure them on
@@ -41,7 +46,8 @@ def parse_args(argv=None):
         parser.add_argument("--out", default="", help="the .onnx file to write (default: the checkpoint's name, .onnx)")
         parser.add_argument("--raw", action="store_true", help="export the head outputs only, without the decoder")
         parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    return parse_command_line(__doc__, options, argv)
+    return parse_command_line(__doc__, options, argv, config_default=None,
+                              config_help="(default: the checkpoint's run; needed for a torchvision state dict)")
 
 
 def check_sizes(cfg) -> list[tuple[int, int]]:
@@ -59,6 +65,7 @@ def export(cfg, args) -> int:
     from public.engine.evaluate.tester import dataset_categories
     from public.engine.export.exporter import compare_with_pytorch, export_metadata, export_onnx
     from public.engine.runs.checkpoint import is_densedet, load_checkpoint, load_for_inference
+    from public.engine.runs.identity import model_type
     from public.engine.watch.logger import setup_logging
 
     setup_logging(None, True)
@@ -70,7 +77,7 @@ def export(cfg, args) -> int:
     loaded = load_for_inference(cfg, args.checkpoint, category_ids, class_names, checkpoint)
     model, decoder = loaded.model.cpu().eval(), cfg.build_decoder()
     metadata = export_metadata(cfg, type(model).__name__, loaded.class_names, loaded.category_ids, args.raw,
-                               loaded.score_thresholds, args.checkpoint)
+                               loaded.score_thresholds, args.checkpoint, model_type(cfg))
     names = export_onnx(model, decoder, out, metadata, raw=args.raw)
     logger.info("wrote %s (%s, %d classes; outputs %s; dynamic batch, height, width; opset %d)", out,
                 type(model).__name__, len(loaded.class_names), ", ".join(names), metadata["opset"])
@@ -102,7 +109,8 @@ def main(argv=None) -> int:
     except ImportError as error:  # a missing optional dependency: told like a bad command line
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return run_command(lambda: load_config(args.config, args.overrides), lambda cfg: export(cfg, args))
+    return run_command(lambda: load_run_config(args.checkpoint, args.config, args.overrides),
+                       lambda cfg: export(cfg, args))
 
 
 if __name__ == "__main__":

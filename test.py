@@ -1,30 +1,39 @@
 """Evaluate a checkpoint, or detect objects in images or a video.
 
-Evaluate on the config's validation set (sharded over processes under torchrun): prints
-COCO's 12 stats, per-class AP (weakest first), per-class score thresholds that maximise the
-F-measure at IoU 0.5, and the inference time; writes work_dir/detections.json (COCO results),
-work_dir/thresholds.json and work_dir/pr_curves/*.png.
+The checkpoint carries its run: without --config, the config is the checkpoint's (its model
+and stored config), evaluated on its run's validation data at its sizes; key=value overrides
+go on top. --config FILE takes the file instead (needed for a torchvision state dict), still
+with the run's val data and eval sizes unless given as key=value.
 
-    python test.py --config fcos/config.py --checkpoint work_dirs/fcos/best.pth
-    python test.py --config fcos/config.py --checkpoint CKPT --tta        # multi-scale + flip, box voting
-    python test.py --config fcos/config.py --checkpoint CKPT --save-thresholds   # store them in CKPT
-    torchrun --nproc_per_node=8 test.py --config fcos/config.py --checkpoint CKPT
+Evaluate (sharded over processes under torchrun): prints COCO's 12 stats, per-class AP
+(weakest first), per-class score thresholds that maximise the F-measure at IoU 0.5, and the
+inference time; writes detections.json (COCO results), thresholds.json and pr_curves/*.png
+into eval/ beside the checkpoint (eval_2, eval_3... when taken), or --out.
 
-Detect: annotated copies (or an annotated .mp4) and one detections.json in --out. Per-class
-thresholds come from the checkpoint (--save-thresholds) unless --score-thresh is given;
-without either, 0.3.
+    python test.py --checkpoint work_dirs/fcos/best.pth
+    python test.py --checkpoint CKPT --tta                       # multi-scale + flip, box voting
+    python test.py --checkpoint CKPT --save-thresholds           # store them in CKPT
+    python test.py --checkpoint CKPT val_images=DIR val_annotations=FILE score_thresh=0.3
+    torchrun --nproc_per_node=8 test.py --checkpoint CKPT
 
-    python test.py --config fcos/config.py --checkpoint CKPT --images photo.jpg|folder|'dir/*.jpg' --out DIR
-    python test.py --config fcos/config.py --checkpoint CKPT --video clip.mp4 --out DIR
+Detect: annotated copies (or an annotated .mp4) and one detections.json in detect/ beside
+the checkpoint (detect_2... when taken), or --out. Per-class thresholds come from the
+checkpoint (--save-thresholds) unless --score-thresh is given; without either, 0.3.
 
-Checkpoints: densedet's, torchvision's FCOS / RetinaNet state dicts (with the matching
-config), or a model exported by export.py (.onnx, run with ONNX Runtime). Any config field can be overridden as key=value, e.g. tta_scales=(128,160,192).
+    python test.py --checkpoint CKPT --images photo.jpg|folder|'dir/*.jpg'
+    python test.py --checkpoint CKPT --video clip.mp4 --out DIR
+
+Checkpoints: densedet's, torchvision's FCOS / RetinaNet state dicts (with --config), or a
+model exported by export.py (.onnx, run with ONNX Runtime). Any config field can be
+overridden as key=value, e.g. tta_scales=(128,160,192).
 """
 from __future__ import annotations
 
 import sys
 
-from config import load_config
+from pathlib import Path
+
+from config import load_run_config
 from public.engine.command import parse_command_line, run_command
 
 
@@ -39,28 +48,32 @@ def parse_args(argv=None):
         source.add_argument("--images", metavar="PATH", help="detect in an image, a folder of images or a glob")
         source.add_argument("--video", metavar="FILE", help="detect in every frame of a video")
         parser.add_argument("--out", metavar="DIR", default="",
-                            help="detection output folder (default WORK_DIR/detect)")
+                            help="output folder (default: eval/ or detect/ beside the checkpoint, numbered when taken)")
         parser.add_argument("--save-txt", action="store_true",
                             help="detection: also write OUT/labels/<image>.txt, one 'label cx cy w h score' line per "
                                  "box (fractions of the image size, as Ultralytics)")
         parser.add_argument("--score-thresh", type=float, default=None,
                             help="detection: one threshold for every class (default: the checkpoint's, else 0.3)")
-    return parse_command_line(__doc__, options, argv)
+    return parse_command_line(__doc__, options, argv, config_default=None,
+                              config_help="(default: the checkpoint's run; needed for a torchvision state dict)")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
 
     def job(cfg):
-        from public.engine.evaluate.tester import detect_images, detect_video, evaluate_report
-        out = args.out or f"{cfg.work_dir}/detect"
-        if args.images:
-            detect_images(cfg, args.checkpoint, args.images, out, args.score_thresh, args.tta, args.save_txt)
-        elif args.video:
-            detect_video(cfg, args.checkpoint, args.video, out, args.score_thresh, args.tta)
+        from public.engine.evaluate.tester import detect_images, detect_video, evaluate_report, free_output_dir
+        beside = Path(args.checkpoint).resolve().parent
+        if args.images or args.video:
+            out = args.out or free_output_dir(beside, "detect")
+            if args.images:
+                detect_images(cfg, args.checkpoint, args.images, str(out), args.score_thresh, args.tta, args.save_txt)
+            else:
+                detect_video(cfg, args.checkpoint, args.video, str(out), args.score_thresh, args.tta)
         else:
-            evaluate_report(cfg, args.checkpoint, args.tta, args.save_thresholds)
-    return run_command(lambda: load_config(args.config, args.overrides), job)
+            out = args.out or free_output_dir(beside, "eval")
+            evaluate_report(cfg, args.checkpoint, args.tta, args.save_thresholds, out)
+    return run_command(lambda: load_run_config(args.checkpoint, args.config, args.overrides), job)
 
 
 if __name__ == "__main__":

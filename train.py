@@ -4,7 +4,7 @@
     python train.py --config fcos/config.py train_images=DIR train_annotations=FILE \
         val_images=DIR val_annotations=FILE epochs=12  # your COCO-format data
     torchrun --nproc_per_node=8 train.py --config fcos/config.py ...   # DDP, one process per GPU
-    python train.py --config fcos/config.py --evaluate work_dirs/fcos/best.pth
+    python train.py --evaluate work_dirs/fcos/best.pth  # the checkpoint's run: its config and val data
 
 Any config field can be overridden as key=value (Python literals; bare words are strings),
 before or after the options. Bad input or settings stop with one "error:" line (also written
@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import sys
 
-from config import load_config
-from public.engine.command import parse_command_line, run_command
+from config import load_config, load_run_config
+from public.engine.command import DEFAULT_CONFIG, parse_command_line, run_command
 
 
 def parse_args(argv=None):
     def options(parser):
         parser.add_argument("--evaluate", metavar="CKPT", default="",
-                            help="score this checkpoint (ours or a torchvision state dict) on the validation set and exit")
-    return parse_command_line(__doc__, options, argv)
+                            help="score this checkpoint (ours or a torchvision state dict) on its run's validation set "
+                                 "and exit; without --config the config is the checkpoint's run")
+    return parse_command_line(__doc__, options, argv, config_default=None,
+                              config_help="(default fcos/config_demo.py; with --evaluate, the checkpoint's run)")
 
 
 def main(argv=None) -> int:
@@ -40,7 +42,11 @@ def main(argv=None) -> int:
             return "nothing was written"
         return (f"{cfg.work_dir}/latest.pth holds the last finished epoch; run the same command with resume=auto "
                 f"to continue from it")
-    return run_command(lambda: load_config(args.config, args.overrides), job, how_to_resume)
+    def config():
+        if args.evaluate:
+            return load_run_config(args.evaluate, args.config, args.overrides)
+        return load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    return run_command(config, job, how_to_resume)
 
 
 if __name__ == "__main__":

@@ -64,20 +64,23 @@ def test_evaluate_reproduces_best_map(short_run):
 def test_run_writes_results_and_tensorboard_from_its_metrics(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from public.engine.watch.logger import STAT_NAMES
     from public.engine.watch.plots import read_results_csv
     work_dir, _, _ = short_run
     records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
     rows = read_results_csv(work_dir / "results.csv")
     assert [r["epoch"] for r in rows] == [1, 2] and 0 < rows[0]["time"] < rows[1]["time"]
-    for row, record in zip(rows, records):
-        assert row == {k: record[k] for k in row}                     # every column, exactly
+    for row, record in zip(rows, records):                            # every column, exactly; -1: empty
+        assert row == {k: (None if k in STAT_NAMES and record[k] < 0 else record[k]) for k in row}
     assert set(rows[0]) == {"epoch", "time", "loss", "loss_cls", "loss_box", "loss_centerness", "lr",
                             "mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "mAR", "ARs", "ARm", "ARl"}
     assert (work_dir / "results.png").stat().st_size > 10_000
     events = EventAccumulator(str(work_dir / "tensorboard"))
     events.Reload()
-    steps = [e.step for e in events.Scalars("train/loss_cls")]
+    steps = [e.step for e in events.Scalars("train_iter/loss_cls")]
     assert steps == list(range(1, 7))                                  # 3 iterations per epoch, logged each
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("train/loss_cls")] == [  # the epoch axis
+        (r["epoch"], round(r["loss_cls"], 6)) for r in records]
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("val/mAP")] == [
         (r["epoch"], round(r["mAP"], 6)) for r in records]
     assert len([t for t in events.Tags()["scalars"] if t.startswith("val_AP_per_class/")]) == 5

@@ -222,7 +222,11 @@ def test_work_dir_rules(tmp_path):
     with pytest.raises(ValueError, match=r"already holds a run \(config.json of another config \(model with keys"):
         check_work_dir(tmp_path, atss)
     atss.set("resume", "auto")
+    with pytest.raises(ValueError, match=r"resume=auto: work_dir .* holds a run .* but no latest.pth"):
+        check_work_dir(tmp_path, atss)                                 # nothing of its own to continue
+    (tmp_path / "latest.pth").write_bytes(b"x")
     assert check_work_dir(tmp_path, atss) == []                        # resume decides, with its own checks
+    (tmp_path / "latest.pth").unlink()
     atss.set("resume", "")
     atss.set("overwrite", True)
     (tmp_path / "best.pth").write_bytes(b"x")
@@ -258,3 +262,24 @@ def test_full_disk_and_read_only_folder_are_one_line_naming_the_path(tmp_path, m
     with pytest.raises(OSError) as error:
         save_checkpoint({"epoch": 2}, path)
     assert user_error_message(error.value) == f"[Errno 13] cannot write checkpoint {path}: Permission denied"
+
+
+@pytest.mark.parametrize("config", ["fcos/config_demo.py", "atss/config_demo.py"])
+def test_resume_auto_without_latest_keeps_the_finished_run(config, data, tmp_path, capsys):
+    """A finished run whose latest.pth was deleted (139 MB against 46 MB for best.pth): resume=auto
+    there, with its own config or another model's, is refused with what to do, and best.pth,
+    metrics.jsonl, config.json and train.log are left as they were."""
+    _, common = data
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    finished = load_config("atss/config_demo.py", [*common, f"work_dir={work_dir}"])
+    files = {"best.pth": b"the finished run's best weights", "metrics.jsonl": b'{"epoch": 24, "mAP": 0.815}\n',
+             "config.json": json.dumps(finished.to_dict()).encode(), "train.log": b"24 epochs\n"}
+    for name, content in files.items():
+        (work_dir / name).write_bytes(content)
+    code, err = run_main(["--config", config, *common, f"work_dir={work_dir}", "resume=auto", "epochs=1"], capsys)
+    assert code == 1 and err.startswith(f"error: resume=auto: work_dir {work_dir} holds a run (best.pth, "
+                                        f"metrics.jsonl") and "no latest.pth" in err
+    assert f"init_from={work_dir / 'best.pth'}" in err and "overwrite=True" in err
+    assert {name: (work_dir / name).read_bytes() for name in files} == files
+    assert sorted(p.name for p in work_dir.iterdir()) == sorted(files)

@@ -52,7 +52,7 @@ def test_results_csv_columns_and_values_equal_metrics(tmp_path):
     expected = [rows[0], rows[2], rows[3]]
     assert [r["epoch"] for r in table] == [1, 2, 3]
     for got, want in zip(table, expected):
-        assert got == {k: want[k] for k in header}          # exact floats, every column
+        assert got == {k: (None if k == "APl" else want[k]) for k in header}  # exact floats; -1: an empty cell
     assert not (tmp_path / "results.csv.tmp").exists()
     image = cv2.imread(str(png_path))
     assert image is not None and image.shape[0] >= 600 and image.shape[1] >= 1000
@@ -149,7 +149,9 @@ def test_tensorboard_scalars_read_back(tmp_path):
     on_log = recorder.iteration_logger(epoch=1)                # second epoch: steps 11..20
     on_log(5, {"loss": 2.5, "lr": 0.02})
     on_log(10, {"loss": 1.5, "lr": 0.01})
+    recorder.trained(2, {"loss": 1.75}, 0.01)                  # the epoch's mean loss, its last lr
     row = metrics_row(2, 0.6, 3.0)
+    row["APl"] = -1.0                                          # COCOeval: no large object in the val set
     write_metrics(tmp_path / "metrics.jsonl", [row])
     result = SimpleNamespace(metrics={k: row[k] for k in STAT_NAMES},
                              per_class=[{"name": "circle", "AP": 0.25}, {"name": "ring", "AP": 0.75}])
@@ -158,13 +160,16 @@ def test_tensorboard_scalars_read_back(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    assert scalars["train/loss"] == [(15, 2.5), (20, 1.5)]
-    assert scalars["train/lr"] == [(15, pytest.approx(0.02)), (20, pytest.approx(0.01))]
+    assert scalars["train_iter/loss"] == [(15, 2.5), (20, 1.5)]
+    assert scalars["train_iter/lr"] == [(15, pytest.approx(0.02)), (20, pytest.approx(0.01))]
+    assert scalars["train/loss"] == [(2, 1.75)] and scalars["train/lr"] == [(2, pytest.approx(0.01))]  # epoch axis
     for name in STAT_NAMES:
-        assert scalars[f"val/{name}"] == [(2, pytest.approx(row[name], abs=1e-7))]
+        if name != "APl":
+            assert scalars[f"val/{name}"] == [(2, pytest.approx(row[name], abs=1e-7))]
+    assert "val/APl" not in scalars                            # absent, not -1
     assert scalars["val_AP_per_class/circle"] == [(2, 0.25)] and scalars["val_AP_per_class/ring"] == [(2, 0.75)]
-    assert len(scalars) == 2 + 12 + 2
-    assert (tmp_path / "results.csv").is_file()
+    assert len(scalars) == 2 + 2 + 11 + 2
+    assert plots.read_results_csv(tmp_path / "results.csv")[0]["APl"] is None   # an empty cell, not -1
 
 
 def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
@@ -179,3 +184,20 @@ def test_elapsed_time_continues_after_resume(tmp_path):
     recorder = plots.RunRecorder(tmp_path, start_epoch=2, iters_per_epoch=1, tensorboard=False, main=True)
     assert 200.0 <= recorder.elapsed() < 260.0
     assert plots.RunRecorder(tmp_path, 0, 1, False, True).elapsed() < 60.0
+
+
+def test_progress_bar_fits_80_columns():
+    """The bar line of a training epoch (desc, counts, times, loss and lr) fits in 80 columns."""
+    import io
+    from tqdm import tqdm
+    from public.engine.watch.logger import BAR_FORMAT, MetricLogger
+
+    out = io.StringIO()
+    bar = tqdm(range(300), desc="epoch 12/24", ncols=80, file=out, bar_format=BAR_FORMAT, mininterval=0)
+    metric_logger = MetricLogger(1000, None)
+    for _ in bar:
+        metric_logger.update(loss=1.23456, loss_cls=0.5, loss_box=0.4, loss_centerness=0.6, lr=1.25e-5)
+        bar.set_postfix(metric_logger._postfix(), refresh=False)
+    bar.close()
+    last = out.getvalue().split("\r")[-1].strip()
+    assert len(last) <= 80 and last.startswith("epoch 12/24 100% 300/300") and last.endswith("loss=1.2346, lr=1.25e-05")

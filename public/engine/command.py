@@ -14,11 +14,13 @@ DEFAULT_CONFIG = "fcos/config_demo.py"
 
 
 def parse_command_line(description: str, add_options: Callable[[argparse.ArgumentParser], None],
-                       argv: list[str] | None = None) -> argparse.Namespace:
-    """``--config`` (default ``DEFAULT_CONFIG``), the script's own options (``add_options``) and
-    ``key=value`` config overrides, before or after the options."""
+                       argv: list[str] | None = None, config_default: str | None = DEFAULT_CONFIG,
+                       config_help: str = f"(default {DEFAULT_CONFIG})") -> argparse.Namespace:
+    """``--config`` (default ``config_default``; None: the script takes it from a checkpoint),
+    the script's own options (``add_options``) and ``key=value`` config overrides, before or
+    after the options."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"a model's config file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=config_default, help=f"a model's config file {config_help}")
     add_options(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args, unknown = parser.parse_known_intermixed_args(argv)

@@ -48,6 +48,7 @@ def score_checkpoint(cfg, path: str, tta: bool = False, save_thresholds: bool = 
     device = dist_utils.init_distributed(cfg.device)
     setup_logging(None, dist_utils.is_main_process())
     prepare_demo_data(cfg)
+    check_val_data(cfg)
     val_set = build_dataset(cfg, train=False)
     loaded = load_model(cfg, path, val_set.category_ids, val_set.class_names)
     if save_thresholds and is_onnx(path):
@@ -85,6 +86,27 @@ def score_checkpoint(cfg, path: str, tta: bool = False, save_thresholds: bool = 
     return Scored(result, val_set, device, timed, time.perf_counter() - start)
 
 
+def check_val_data(cfg) -> None:
+    """FileNotFoundError, one line naming the missing validation path and the keys that fix it
+    (a checkpoint's run may have moved its data)."""
+    for key in ("val_annotations", "val_images"):
+        value = getattr(cfg, key)
+        if not Path(value).exists():
+            raise FileNotFoundError(f"validation data not found: {key} {value} does not exist; pass where it is "
+                                    f"now as val_images=DIR val_annotations=FILE")
+
+
+def free_output_dir(folder: str | Path, name: str) -> Path:
+    """``folder/name``, or ``name_2``, ``name_3``... when it already holds a report
+    (detections.json): earlier results are never overwritten."""
+    folder, number = Path(folder), 1
+    while True:
+        out = folder / (name if number == 1 else f"{name}_{number}")
+        if not (out / "detections.json").exists():
+            return out
+        number += 1
+
+
 def evaluate_checkpoint(cfg, path: str) -> EvalResult:
     """``train.py --evaluate``: score a checkpoint on the config's validation set; print the 12
     COCO stats and a per-class AP table."""
@@ -99,9 +121,10 @@ def evaluate_checkpoint(cfg, path: str) -> EvalResult:
     return result
 
 
-def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = False) -> EvalResult:
+def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = False,
+                    out_dir: str | Path | None = None) -> EvalResult:
     """``test.py``: score the checkpoint at ``path`` as ``score_checkpoint`` and, on the main
-    process, print and write the report into ``cfg.work_dir``: COCO stats, per-class AP,
+    process, print and write the report into ``out_dir`` (default ``cfg.work_dir``): COCO stats, per-class AP,
     F-measure thresholds (thresholds.json; into the checkpoint with ``save_thresholds``), timing,
     detections.json and pr_curves/*.png."""
     scored = score_checkpoint(cfg, path, tta, save_thresholds)
@@ -109,11 +132,12 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
     if not dist_utils.is_main_process():
         return result
 
-    work_dir = Path(cfg.work_dir)
+    work_dir = Path(out_dir if out_dir is not None else cfg.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     logger.info("evaluated %s on %s (%d images)%s", path, cfg.val_annotations, len(val_set), " with TTA" if tta else "")
     logger.info("COCO stats:\n%s", format_stats(result.stats))
     logger.info("per-class AP (weakest first):\n%s", format_per_class(result.per_class))
+    log_evaluation(result)  # the stats to 4 decimals, as the run's log and metrics.jsonl
     thresholds = f_measure_thresholds(result.coco_eval, val_set.class_names, val_set.category_ids)
     logger.info("per-class score thresholds maximising F at IoU 0.5:\n%s", format_thresholds(thresholds))
     seconds = result.seconds_per_image
@@ -127,6 +151,7 @@ def evaluate_report(cfg, path: str, tta: bool = False, save_thresholds: bool = F
     logger.info("wrote %s, %s, %d precision-recall plots in %s, %s and %s", work_dir / "thresholds.json",
                 work_dir / "detections.json", len(figures["pr_curves"]), work_dir / "pr_curves",
                 figures["confusion_matrix"], figures["samples"])
+    logger.info("report written to %s", work_dir)
     if save_thresholds:
         checkpoint = load_checkpoint(path)
         checkpoint["score_thresholds"] = [t["threshold"] for t in thresholds]

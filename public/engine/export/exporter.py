@@ -168,9 +168,12 @@ def export_onnx(model: nn.Module, decoder: nn.Module, out: str | Path, metadata:
 
 
 def export_metadata(cfg, model_name: str, class_names: list[str], category_ids: list[int], raw: bool,
-                    score_thresholds: list | None, checkpoint: str) -> dict:
-    """What a runtime needs besides the graph (stored in the file, read by ``OnnxDetector``)."""
-    return {"format": "densedet-onnx", "model": model_name, "raw": raw, "checkpoint": str(checkpoint),
+                    score_thresholds: list | None, checkpoint: str, model_type: str | None = None) -> dict:
+    """What a runtime needs besides the graph (stored in the file, read by ``OnnxModel``), and
+    the run's whole config with its model type (``fcos.config``), from which test.py takes the
+    evaluation data and sizes when it is given the file without --config."""
+    return {"format": "densedet-onnx", "model": model_name, "model_type": model_type, "raw": raw,
+            "checkpoint": str(checkpoint), "config": cfg.to_dict(),
             "classes": {"names": list(class_names), "category_ids": [int(i) for i in category_ids]},
             "score_thresholds": score_thresholds,
             "preprocess": {"test_min_size": cfg.test_min_size, "max_size": cfg.max_size,

@@ -54,7 +54,7 @@ class OnnxModel(nn.Module):
         metadata = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in metadata:
             raise ValueError(f"{path} was not written by export.py (no '{METADATA_KEY}' metadata): "
-                             f"export the checkpoint with python export.py --config CFG --checkpoint CKPT --out FILE")
+                             f"export the checkpoint with python export.py --checkpoint CKPT --out FILE")
         self.metadata = json.loads(metadata[METADATA_KEY])
         if self.metadata.get("raw"):
             raise ValueError(f"{path} was exported with --raw (head outputs only), so it has no decoder: "
@@ -71,6 +71,25 @@ class OnnxModel(nn.Module):
         boxes, scores, labels, counts = self.session.run(self.output_names, feed)
         return [{"boxes": torch.from_numpy(boxes[i, :n]), "scores": torch.from_numpy(scores[i, :n]),
                  "labels": torch.from_numpy(labels[i, :n])} for i, n in enumerate(counts.tolist())]
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``densedet`` metadata of an exported file (read with onnx, without a runtime session);
+    ValueError for a file export.py did not write."""
+    require_onnx()
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises its own types for a damaged file
+        raise ValueError(f"onnx cannot read {path}: {error}") from error
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ValueError(f"{path} was not written by export.py (no '{METADATA_KEY}' metadata)")
+    return json.loads(props[METADATA_KEY])
 
 
 def load_onnx(cfg, path: str, category_ids: list[int] | None = None,

@@ -164,14 +164,17 @@ def _literal(value) -> str:
 
 
 def check_work_dir(work_dir: str | Path, cfg) -> list[str]:
-    """Refuse (ValueError) a ``work_dir`` that holds another run, unless ``cfg.resume`` is set
-    (the run continues it) or ``cfg.overwrite`` (its run files are deleted: returned).
+    """Refuse (ValueError) a ``work_dir`` that holds another run, unless the run continues it
+    (``resume`` names a checkpoint, or is "auto" and ``work_dir/latest.pth`` exists) or
+    ``cfg.overwrite`` (its run files are deleted: returned).
 
     Another run: any of ``RUN_OUTPUTS`` exists, or ``config.json`` differs from ``cfg`` in the
-    model or a decisive setting.
+    model or a decisive setting. ``resume=auto`` where ``latest.pth`` is gone (deleted to save
+    disk) is refused too: starting afresh there would replace the finished run's best.pth.
     """
     work_dir = Path(work_dir)
-    if cfg.resume or not work_dir.is_dir():
+    auto_without_latest = cfg.resume == "auto" and not (work_dir / "latest.pth").is_file()
+    if (cfg.resume and not auto_without_latest) or not work_dir.is_dir():
         return []
     found = [name for name in RUN_OUTPUTS if (work_dir / name).exists()]
     config_json = work_dir / "config.json"
@@ -188,6 +191,10 @@ def check_work_dir(work_dir: str | Path, cfg) -> list[str]:
                 found.append(f"config.json of another config ({'; '.join(differ)})")
     if not found:
         return []
+    if not getattr(cfg, "overwrite", False) and auto_without_latest:
+        raise ValueError(f"resume=auto: work_dir {work_dir} holds a run ({', '.join(found)}) but no latest.pth to "
+                         f"continue it from; to train on from its weights use init_from={work_dir / 'best.pth'} "
+                         f"with another work_dir=, or start afresh there with overwrite=True (deletes its files)")
     if not getattr(cfg, "overwrite", False):
         raise ValueError(f"work_dir {work_dir} already holds a run ({', '.join(found)}): continue it with "
                          f"resume=auto, replace it with overwrite=True, or choose another work_dir=")

@@ -133,7 +133,9 @@ def train(cfg) -> float:
         best_epoch = resume_utils.best_epoch_of(checkpoint, work_dir)
 
     if main:
-        logger.info("config %s:\n%s", type(cfg).__module__, cfg)
+        changed = " ".join(f"{key}={value!r}" for key, value in cfg.changed().items() if key != "work_dir")
+        logger.info("config %s with %s (all keys: %s)", type(cfg).__module__, changed or "its defaults",
+                    Path(cfg.work_dir) / "config.json")
         work_dir.mkdir(parents=True, exist_ok=True)
         (work_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         logger.info("data: %d train images, %d val images, %d classes: %s", len(train_set), len(val_set),
@@ -164,6 +166,7 @@ def train(cfg) -> float:
         train_loader.batch_sampler.set_epoch(epoch)   # the order and augmentation of this epoch's images
         losses = train_one_epoch(ddp_model, loss_fn, optimizer, scheduler, scaler, train_loader, device,
                                  epoch, cfg, amp_dtype, recorder.iteration_logger(epoch))
+        recorder.trained(epoch + 1, losses, scheduler.get_lr())
         evaluate_now = (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs
         # latest.pth before the evaluation: an evaluation that fails or is killed loses no training
         state = resume_utils.latest_state(model, optimizer, scheduler, scaler, epoch + 1, best_map, evaluate_now,

@@ -80,7 +80,12 @@ def progress(iterable, total: int | None = None, desc: str = "", enabled: bool |
         size = os.terminal_size((0, 0))
     # A terminal that reports no size (`script`, some multiplexers) would get no bar at all.
     shape = {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 120, "nrows": 40}
-    return tqdm(iterable, total=total, desc=desc, leave=leave, file=sys.stderr, **shape)
+    return tqdm(iterable, total=total, desc=desc, leave=leave, file=sys.stderr, bar_format=BAR_FORMAT, **shape)
+
+
+# Counts, times and the postfix (total loss, lr) with no graphical bar: about 75 characters, so
+# an 80-column terminal shows all of it (a bar would take the width the numbers need).
+BAR_FORMAT = "{desc} {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}"
 
 
 def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -153,7 +158,8 @@ class MetricLogger:
         return {key: meter.global_avg for key, meter in self.meters.items()}
 
     def _postfix(self) -> dict[str, str]:
-        return {k: format_value(k, m.median) for k, m in self.meters.items()}
+        """The bar's numbers: the total loss and the lr (each part is in the log lines)."""
+        return {k: format_value(k, m.median) for k, m in self.meters.items() if k in ("loss", "lr")}
 
     def log_every(self, iterable, header: str):
         total = len(iterable)

@@ -71,7 +71,9 @@ def write_results_csv(rows: list[dict], path: str | Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
+            # a COCO stat of -1 (no object of that size) is absent: an empty cell
+            writer.writerow([_cell(None if c in STAT_NAMES and (row.get(c) or 0) < 0 else row.get(c))
+                             for c in columns])
     tmp.replace(path)
     return path
 
@@ -168,11 +170,13 @@ class RunRecorder:
     """The trainer's hooks for watching a run; a no-op except on the main process.
 
     ``elapsed()``: wall-clock seconds of the run (over resumes: from the last kept row of
-    ``metrics.jsonl`` before ``start_epoch``). ``iteration_logger(epoch)``: a callback for
-    ``MetricLogger`` that writes each logged iteration's losses and lr to TensorBoard
-    (``train/<name>``, step = iteration of the run). ``evaluated(epoch, result)``: TensorBoard
-    ``val/<stat>`` and ``val_AP_per_class/<name>`` (step = epoch), then results.csv and
-    results.png from ``metrics.jsonl`` (call it after the row is written).
+    ``metrics.jsonl`` before ``start_epoch``). TensorBoard curves share the epoch axis:
+    ``trained(epoch, losses, lr)`` writes the epoch's mean losses and its last lr
+    (``train/<name>``, step = epoch), ``evaluated(epoch, result)`` the COCO stats COCOeval
+    could compute (``val/<stat>``; a stat of -1, e.g. APl without large objects, is absent) and
+    ``val_AP_per_class/<name>``, then results.csv and results.png from ``metrics.jsonl`` (call it
+    after the row is written). ``iteration_logger(epoch)``: a callback for ``MetricLogger`` that
+    writes each logged iteration's losses and lr under ``train_iter/<name>`` (step = iteration).
     """
 
     def __init__(self, work_dir: str | Path, start_epoch: int, iters_per_epoch: int, tensorboard: bool,
@@ -193,15 +197,21 @@ class RunRecorder:
         def write(iteration: int, values: dict[str, float]) -> None:
             step = epoch * self.iters_per_epoch + iteration
             for name, value in values.items():
-                self.writer.add_scalar(f"train/{name}", value, step)
+                self.writer.add_scalar(f"train_iter/{name}", value, step)
         return write
+
+    def trained(self, epoch: int, losses: dict[str, float], lr: float) -> None:
+        if self.writer is not None:
+            for name, value in {**losses, "lr": lr}.items():
+                self.writer.add_scalar(f"train/{name}", value, epoch)
 
     def evaluated(self, epoch: int, result) -> None:
         if not self.main:
             return
         if self.writer is not None:
             for name, value in result.metrics.items():
-                self.writer.add_scalar(f"val/{name}", value, epoch)
+                if value >= 0:  # COCOeval's -1: no object of that size, nothing to measure
+                    self.writer.add_scalar(f"val/{name}", value, epoch)
             for entry in result.per_class:
                 self.writer.add_scalar(f"val_AP_per_class/{entry['name']}", entry["AP"], epoch)
             self.writer.flush()
