@@ -352,6 +352,7 @@ def test_model_shapes():
 
 
 # ---- end to end -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_overfit_small_atss(tmp_path):
     from helpers import demo_subset, overfit
     images, annotations = demo_subset(tmp_path, 4)
@@ -360,6 +361,7 @@ def test_overfit_small_atss(tmp_path):
     assert ap >= 0.9, ap
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluates_atss(tmp_path):
     """python train.py --config atss/config_demo.py: one short epoch writes the run's files, and
     --evaluate of its best.pth reproduces the logged mAP."""

@@ -33,6 +33,7 @@ def short_run(tmp_path_factory):
     return work_dir, common, out
 
 
+@pytest.mark.slow
 def test_run_writes_log_metrics_and_checkpoints(short_run):
     work_dir, _, out = short_run
     for name in ("train.log", "metrics.jsonl", "latest.pth", "best.pth", "config.json"):
@@ -47,6 +48,7 @@ def test_run_writes_log_metrics_and_checkpoints(short_run):
     assert json.loads((work_dir / "config.json").read_text())["batch_size"] == 4
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_best_map(short_run):
     work_dir, common, _ = short_run
     records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
@@ -61,6 +63,7 @@ def test_evaluate_reproduces_best_map(short_run):
     assert f"mAP {best:.4f}" in out and "per-class AP" in out
 
 
+@pytest.mark.slow
 def test_run_writes_results_and_tensorboard_from_its_metrics(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -86,6 +89,7 @@ def test_run_writes_results_and_tensorboard_from_its_metrics(short_run):
     assert len([t for t in events.Tags()["scalars"] if t.startswith("val_AP_per_class/")]) == 5
 
 
+@pytest.mark.slow
 def test_resume_continues_at_next_epoch(short_run):
     work_dir, common, _ = short_run
     out = run(["--config", "fcos/config_demo.py", *common, "epochs=3", "resume=auto"])
@@ -104,6 +108,7 @@ def test_bad_override_is_a_clear_error():
     assert "unknown config key 'epochz'" in proc.stderr and "epochs" in proc.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_a_torchvision_state_dict(short_run, tmp_path):
     """A torchvision fcos_resnet50_fpn file is recognised, converted, and run with its settings."""
     from torchvision.models.detection import fcos_resnet50_fpn

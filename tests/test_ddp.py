@@ -60,6 +60,7 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     assert "head.cls_logits.weight" in changed and "backbone.body.conv1.weight" in changed
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_and_evaluate(tmp_path):
     """The real command line under torchrun: gloo on CPU, sharded evaluation gathered on rank 0."""
     import json

@@ -342,6 +342,9 @@ def test_each_epoch_has_its_own_order_and_augmentation(data, tmp_path, monkeypat
     cfg = load_config("fcos/config_demo.py", run_keys(data, tmp_path / "a") + keys)
     first = recorded_run(monkeypatch, cfg)
     assert len(first) == 2 and all(len(e) == 2 for e in first)
+    rows = [json.loads(line) for line in (Path(cfg.work_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and "mAP" not in rows[0] and "mAP" in rows[1]  # a row per epoch
+    assert rows[0]["loss"] > 0 and rows[0]["lr"] > 0 and rows[0]["time"] < rows[1]["time"]
 
     dataset = build_dataset(cfg, train=True)             # the training transforms
     images = json.loads(Path(cfg.train_annotations).read_text())["images"]

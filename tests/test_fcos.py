@@ -60,6 +60,7 @@ def test_empty_batch_gives_zero_box_loss():
     assert model.head.cls_logits.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_overfit_small_fcos(tmp_path):
     images, annotations = demo_subset(tmp_path, 4)
     cfg = DemoConfig()

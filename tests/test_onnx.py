@@ -111,6 +111,7 @@ def record_arrays(record: dict):
     return (np.array(record["boxes"]).reshape(-1, 4), np.array(record["scores"]), np.array(record["classes"]))
 
 
+@pytest.mark.slow
 def test_test_py_runs_the_onnx_file_with_pytorch_results(tmp_path):
     checkpoint = demo_checkpoint(tmp_path / "model.pth")
     onnx_path = tmp_path / "model.onnx"

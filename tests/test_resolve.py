@@ -75,6 +75,7 @@ def test_retinanet_from_scratch_builds_groupnorm_towers():
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in head.modules())
 
 
+@pytest.mark.slow
 def test_auto_head_norm_takes_the_checkpoint_value(tmp_path, capsys):
     """A RetinaNet trained from scratch (auto: GN) stores GN; scoring it with the stock config
     (pretrained=True, auto: plain) builds GN towers from the checkpoint; resuming it keeps GN

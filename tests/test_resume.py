@@ -172,6 +172,7 @@ def reference(data, tmp_path_factory):
     return work_dir
 
 
+@pytest.mark.slow
 def test_killed_in_evaluation_epoch_and_checkpoint_write_resumes_exactly(data, reference, tmp_path):
     work_dir = tmp_path / "run"
     args = [*data, f"work_dir={work_dir}", "num_workers=0"]
@@ -195,6 +196,7 @@ def test_killed_in_evaluation_epoch_and_checkpoint_write_resumes_exactly(data, r
     assert not list(work_dir.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_worker_processes_do_not_change_the_run_and_resume_exactly(data, reference, tmp_path):
     """Augmentation depends on (seed, epoch, image), not on the process that loads the image:
     two workers give the weights of the in-process run, also when killed and resumed."""

@@ -395,6 +395,7 @@ def test_demo_model_shapes_and_empty_batch():
     assert len(detections) == 2 and all(d["boxes"].shape[1] == 4 for d in detections)
 
 
+@pytest.mark.slow
 def test_overfit_small_retinanet(tmp_path):
     images, annotations = demo_subset(tmp_path, 4)
     cfg = DemoConfig()
@@ -403,6 +404,7 @@ def test_overfit_small_retinanet(tmp_path):
     assert ap >= 0.9, ap
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluates_a_torchvision_file(tmp_path):
     """train.py runs RetinaNet end to end, and --evaluate converts torchvision's v2 file."""
     import json

@@ -157,7 +157,8 @@ def test_evaluate_refuses_a_checkpoint_of_another_model(data, tmp_path, capsys):
     """ATSS and FCOS have the same tensor names and shapes: only the stored model type tells."""
     _, common = data
     path = demo_checkpoint(tmp_path / "atss.pth", "atss/config_demo.py")
-    code, err = run_main([*common, "--evaluate", str(path), f"work_dir={tmp_path}"], capsys)
+    code, err = run_main(["--config", "fcos/config_demo.py", *common, "--evaluate", str(path),
+                          f"work_dir={tmp_path}"], capsys)
     assert code == 1 and err.count("\n") == 1
     assert f"error: cannot load {path}: it does not match this config (checkpoint vs this run): " \
            "model atss.config vs fcos.config. Use the config and data it was trained with (--config " \
@@ -169,7 +170,8 @@ def test_evaluate_refuses_a_checkpoint_of_another_model(data, tmp_path, capsys):
 def test_evaluate_names_the_settings_to_pass(data, tmp_path, capsys):
     _, common = data
     path = demo_checkpoint(tmp_path / "c.pth", overrides=["fpn_channels=32", "num_convs=1"])
-    code, err = run_main([*common, "--evaluate", str(path), f"work_dir={tmp_path}"], capsys)
+    code, err = run_main(["--config", "fcos/config_demo.py", *common, "--evaluate", str(path),
+                          f"work_dir={tmp_path}"], capsys)
     assert code == 1 and "fpn_channels 32 vs 64; num_convs 1 vs 2" in err and "(e.g. fpn_channels=32 num_convs=1)" in err
 
 
@@ -283,3 +285,35 @@ def test_resume_auto_without_latest_keeps_the_finished_run(config, data, tmp_pat
     assert f"init_from={work_dir / 'best.pth'}" in err and "overwrite=True" in err
     assert {name: (work_dir / name).read_bytes() for name in files} == files
     assert sorted(p.name for p in work_dir.iterdir()) == sorted(files)
+
+
+def test_a_truncated_latest_is_refused_with_what_to_do(data, tmp_path, capsys):
+    """resume=auto on a latest.pth cut short: one line naming it, and the two ways on (best.pth's
+    weights with init_from, or overwrite=True)."""
+    _, common = data
+    work_dir = tmp_path / "run"
+    path = demo_checkpoint(work_dir / "best.pth", overrides=common)
+    (work_dir / "latest.pth").write_bytes(path.read_bytes()[:2000])
+    code, err = run_main([*common, f"work_dir={work_dir}", "resume=auto", "epochs=2"], capsys)
+    assert code == 1 and err.count("\n") == 1 and f"could not read checkpoint {work_dir / 'latest.pth'}" in err
+    assert f"it cannot be resumed: continue from the best weights with init_from={work_dir / 'best.pth'}" in err
+    assert err.rstrip().endswith("or start afresh with overwrite=True (deletes the run's files)")
+
+
+def test_amp_on_a_cpu_runs_bfloat16_and_says_so(caplog):
+    import logging
+    from public.engine.distributed import amp_dtype_of
+
+    cfg = load_config("fcos/config_demo.py", ["amp=True"])
+    with caplog.at_level(logging.WARNING, logger="densedet"):
+        assert amp_dtype_of(cfg, "cpu") == torch.bfloat16
+    assert "amp=True on a CPU: autocast in bfloat16" in caplog.text
+    assert amp_dtype_of(cfg, "cuda") == torch.float16 and amp_dtype_of(load_config("fcos/config_demo.py"), "cpu") is None
+
+
+def test_log_numbers_and_the_compact_config_line():
+    from public.engine.watch.logger import format_value
+
+    assert format_value("lr", 1e-5) == "1.00e-05" and format_value("loss_cls", 0.123456) == "0.1235"
+    cfg = load_config("fcos/config_demo.py", ["epochs=3", "lr=0.002"])
+    assert {k: v for k, v in cfg.changed().items() if k != "work_dir"} == {"epochs": 3, "lr": 0.002}

@@ -274,6 +274,7 @@ def test_mismatched_checkpoint_is_a_clear_error(checkpoint, tmp_path, capsys):
 
 
 # ---- command line -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_evaluation_report(checkpoint, tmp_path):
     images_dir, annotations = demo_subset(tmp_path, 4, "val")
     ckpt = tmp_path / "copy.pth"

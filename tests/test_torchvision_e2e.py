@@ -159,6 +159,7 @@ def _largest_box_difference(ours: list[dict], reference: list[dict]) -> float:
     return worst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fcos", "retinanet"])
 def test_evaluate_torchvision_checkpoint_equals_torchvision(kind, demo_images, tmp_path, monkeypatch):
     folder, images = demo_images

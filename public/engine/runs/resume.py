@@ -54,8 +54,16 @@ def prepare_work_dir(cfg) -> list[str]:
 
 def load_resume_checkpoint(path: str, cfg, class_names: list[str], category_ids: list[int]) -> dict:
     """Read a ``latest.pth`` and check that it belongs to this run (model, decisive settings,
-    classes; see ``identity``)."""
-    checkpoint = load_checkpoint(path)
+    classes; see ``identity``). One that cannot be read (truncated, say, by a full disk when
+    it was copied) is refused with what the run can do instead."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except RuntimeError as error:
+        best = Path(path).with_name("best.pth")
+        instead = (f"continue from the best weights with init_from={best} (the optimizer and schedule restart) "
+                   if best.is_file() else "")
+        raise RuntimeError(f"{error}; it cannot be resumed: {instead}or start afresh with overwrite=True "
+                           f"(deletes the run's files)") from error
     if not is_densedet(checkpoint) or "optimizer" not in checkpoint:
         raise ValueError(f"resume={path} is not a densedet latest.pth (use init_from= to start from its weights)")
     check_checkpoint(checkpoint, cfg, path, class_names, category_ids, what="resume from")

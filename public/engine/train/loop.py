@@ -168,6 +168,10 @@ def train(cfg) -> float:
                                  epoch, cfg, amp_dtype, recorder.iteration_logger(epoch))
         recorder.trained(epoch + 1, losses, scheduler.get_lr())
         evaluate_now = (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs
+        if main and not evaluate_now:  # every epoch has its row; an evaluated one gets it with its stats
+            append_jsonl(work_dir / "metrics.jsonl", {"epoch": epoch + 1, **losses, "lr": scheduler.get_lr(),
+                                                      "time": recorder.elapsed()})
+            recorder.rows_changed()
         # latest.pth before the evaluation: an evaluation that fails or is killed loses no training
         state = resume_utils.latest_state(model, optimizer, scheduler, scaler, epoch + 1, best_map, evaluate_now,
                                           losses, best_epoch)

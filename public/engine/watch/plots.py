@@ -205,6 +205,11 @@ class RunRecorder:
             for name, value in {**losses, "lr": lr}.items():
                 self.writer.add_scalar(f"train/{name}", value, epoch)
 
+    def rows_changed(self) -> None:
+        """results.csv and results.png again, after a training-only row of metrics.jsonl."""
+        if self.main:
+            update_results(self.work_dir)
+
     def evaluated(self, epoch: int, result) -> None:
         if not self.main:
             return
