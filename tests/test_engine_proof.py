@@ -35,13 +35,7 @@ CPU = torch.device("cpu")
 TINY_MODEL = ["backbone=resnet18", "pretrained=False", "fpn_channels=32", "num_convs=1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads wait on each other (3-5x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
