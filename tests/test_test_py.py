@@ -321,3 +321,19 @@ def test_save_txt_writes_one_normalised_line_per_box(tmp_path):
     empty = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32), "labels": np.zeros(0, int)}
     write_txt(tmp_path / "labels" / "b.txt", empty, width=10, height=10)
     assert (tmp_path / "labels" / "b.txt").read_text() == ""
+
+
+def test_detection_goes_beside_the_checkpoint_and_is_never_overwritten(tmp_path):
+    """test.py --images without --out writes detect/ beside the checkpoint, then detect_2/,
+    detect_3/...: an earlier detections.json is never overwritten."""
+    from public.engine.evaluate.tester import free_output_dir
+
+    run = tmp_path / "run"
+    assert free_output_dir(run, "detect") == run / "detect"
+    (run / "detect").mkdir(parents=True)
+    assert free_output_dir(run, "detect") == run / "detect"            # an empty folder is free
+    (run / "detect" / "detections.json").write_text("[]")
+    assert free_output_dir(run, "detect") == run / "detect_2"
+    (run / "detect_2").mkdir()
+    (run / "detect_2" / "detections.json").write_text("[]")
+    assert free_output_dir(run, "detect") == run / "detect_3" and free_output_dir(run, "eval") == run / "eval"
