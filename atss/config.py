@@ -21,6 +21,7 @@ from config import BaseConfig, Key, increasing, iou_thresholds_rule
 class Config(BaseConfig):
     backbone = "resnet50"
     pretrained = True
+    bias_lr_factor = 2.0                # official ATSS code (maskrcnn-benchmark): BIAS_LR_FACTOR 2, WEIGHT_DECAY_BIAS 0
     p6_from = "p5"                      # official ATSS builds P6 from P5 (RETINANET.USE_C5: False)
     # Anchors: one square anchor per location (ASPECT_RATIOS (1.0,), SCALES_PER_OCTAVE 1).
     octave_base_scale = Key(8.0, "Anchor side in strides: 8 gives 64 px on P3 ... 1024 on P7 (the official "

@@ -14,6 +14,7 @@ from config import BaseConfig, Key, increasing
 class Config(BaseConfig):
     backbone = "resnet50"
     pretrained = True
+    bias_lr_factor = 2.0                # official FCOS code (maskrcnn-benchmark): BIAS_LR_FACTOR 2, WEIGHT_DECAY_BIAS 0
     p6_from = "p5"
     # Head.
     norm_reg_targets = Key(True, "Regress l, t, r, b in units of the level's stride with relu (the official "

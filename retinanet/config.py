@@ -16,6 +16,7 @@ from config import BaseConfig, Key, iou_thresholds_rule
 class Config(BaseConfig):
     backbone = "resnet50"
     pretrained = True
+    bias_lr_factor = 2.0                # Detectron, the paper's code: BIAS_DOUBLE_LR, no bias weight decay
     p6_from = "c5"                      # P6 from C5 (paper); torchvision v1: "p5", v2: "c5"
     head_norm = "auto"                  # plain towers (paper, torchvision v1) with trained weights, GN from scratch; v2: "GN"
     # Anchors (paper Sec. 4): sizes octave_base * stride * 2^(k / scales_per_octave) on P3-P7.

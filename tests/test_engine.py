@@ -84,7 +84,8 @@ def test_mismatched_checkpoint_is_a_clear_error():
 
 
 def test_non_finite_loss_stops_with_loss_dict_and_image_ids():
-    cfg = DemoConfig(log_interval=1)
+    """With on_spike=warn (updates anyway) a non-finite loss cannot be applied: the run stops."""
+    cfg = DemoConfig(log_interval=1, on_spike="warn")
     model = torch.nn.Conv2d(3, 1, 1)
     batch = Batch(images=torch.zeros(2, 3, 32, 32, dtype=torch.uint8), targets=torch.zeros(2, 0, 5),
                   image_sizes=torch.tensor([[32, 32]] * 2), scales=torch.ones(2, 2),
@@ -100,9 +101,15 @@ def test_non_finite_loss_stops_with_loss_dict_and_image_ids():
 
 
 def test_weight_decay_groups():
-    """1-D parameters (biases, norm layers, Scales) are not decayed unless weight_decay_1d."""
+    """1-D parameters (biases, norm layers, Scales) are not decayed unless weight_decay_1d; biases
+    (conv and norm) train at bias_lr_factor x the lr."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
     for flag, expected in ((False, {1e-4: 1, 0.0: 3}), (True, {1e-4: 4, 0.0: 0})):
-        cfg = DemoConfig(optimizer="sgd", weight_decay=1e-4, weight_decay_1d=flag)
+        cfg = DemoConfig(optimizer="sgd", weight_decay=1e-4, weight_decay_1d=flag, lr=0.01, bias_lr_factor=2.0)
         groups = build_optimizer(cfg, model).param_groups
-        assert {g["weight_decay"]: len(g["params"]) for g in groups} == expected
+        counts = {0.0: 0, 1e-4: 0}
+        for group in groups:
+            counts[group["weight_decay"]] += len(group["params"])
+        assert counts == expected
+        lrs = {id(p): g["lr"] for g in groups for p in g["params"]}
+        assert [lrs[id(p)] for p in model.parameters()] == [0.01, 0.02, 0.01, 0.02]  # conv w, b; GN w, b

@@ -62,11 +62,12 @@ def run_keys(data: dict, work_dir: Path) -> list[str]:
 
 # ---- 1. the optimizer of every config ---------------------------------------------------------
 NORMS = (nn.BatchNorm2d, nn.GroupNorm, FrozenBatchNorm2d, nn.LayerNorm, nn.SyncBatchNorm)
-CONFIGS = {  # config file: (optimizer class, weight decay of the decayed group), as the configs document them
-    "fcos/config.py": (torch.optim.SGD, 1e-4), "atss/config.py": (torch.optim.SGD, 1e-4),
-    "retinanet/config.py": (torch.optim.SGD, 1e-4),
-    "fcos/config_demo.py": (torch.optim.AdamW, 0.05), "atss/config_demo.py": (torch.optim.AdamW, 0.05),
-    "retinanet/config_demo.py": (torch.optim.AdamW, 0.05),
+CONFIGS = {  # config file: (optimizer class, weight decay of the decayed group, biases' lr factor), as documented
+    # the papers' code: biases at twice the lr (maskrcnn-benchmark's BIAS_LR_FACTOR, Detectron's BIAS_DOUBLE_LR)
+    "fcos/config.py": (torch.optim.SGD, 1e-4, 2.0), "atss/config.py": (torch.optim.SGD, 1e-4, 2.0),
+    "retinanet/config.py": (torch.optim.SGD, 1e-4, 2.0),
+    "fcos/config_demo.py": (torch.optim.AdamW, 0.05, 1.0), "atss/config_demo.py": (torch.optim.AdamW, 0.05, 1.0),
+    "retinanet/config_demo.py": (torch.optim.AdamW, 0.05, 1.0),
 }
 
 
@@ -102,12 +103,14 @@ def group_names(model: nn.Module, optimizer) -> list[tuple[float, set[str]]]:
 def test_optimizer_of_every_config(config_file, weight_decay_1d):
     """The optimizer built for each model's config, on that config's real model: SGD with
     momentum 0.9 (no Nesterov, no dampening) for the papers' configs, AdamW with betas (0.9,
-    0.999) for the demo configs, lr the config's; conv weights decayed by the config's weight
+    0.999) for the demo configs, lr the config's, biases' (conv and norm) at the config's
+    bias_lr_factor x lr (the papers' 2, the demo's 1); conv weights decayed by the config's weight
     decay, and biases, BN/GN weights and the 0-d per-level Scales not decayed (all decayed with
     weight_decay_1d). The expected groups are the parameters' names sorted by module type,
     not by shape. Catches: SGD without momentum; ``ndim == 1`` (0-d Scales decayed); betas
-    changed; the weight decay value ignored; a parameter missing from the optimizer."""
-    optimizer_class, weight_decay = CONFIGS[config_file]
+    changed; the weight decay value ignored; a parameter missing from the optimizer; the bias lr
+    factor dropped or given to norm weights."""
+    optimizer_class, weight_decay, bias_factor = CONFIGS[config_file]
     cfg = load_config(config_file, TINY_MODEL + [f"weight_decay_1d={weight_decay_1d}"])
     model = cfg.build_model(5)
     optimizer = build_optimizer(cfg, model)
@@ -119,8 +122,12 @@ def test_optimizer_of_every_config(config_file, weight_decay_1d):
     assert any(isinstance(m, nn.GroupNorm) for m in model.modules())             # head towers
 
     assert type(optimizer) is optimizer_class
+    lr_of, name_of = {}, {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
-        assert group["lr"] == cfg.lr
+        for param in group["params"]:
+            lr_of[name_of[id(param)]] = group["lr"]
+    assert lr_of == {n: cfg.lr * (bias_factor if kind == "bias" else 1.0) for n, kind in kinds.items()}
+    for group in optimizer.param_groups:
         if optimizer_class is torch.optim.SGD:
             assert (group["momentum"], group["dampening"], group["nesterov"]) == (0.9, 0, False)
         else:
@@ -177,11 +184,12 @@ class Recording:
 
 
 STEP_CASES = {
-    # name: (optimizer, lr in the config (at a batch of 16), clip_grad_norm, GradScaler's scale or None)
-    "sgd": ("sgd", 0.08, 0.0, None),
-    "adamw": ("adamw", 0.04, 0.0, None),
-    "sgd_clip_scaler": ("sgd", 0.08, 0.5, 256.0),
-    "sgd_scaler": ("sgd", 0.08, 0.0, 1024.0),
+    # name: (optimizer, lr in the config (at a batch of 16), clip_grad_norm, GradScaler's scale or None,
+    #        bias_lr_factor)
+    "sgd": ("sgd", 0.08, 0.0, None, 2.0),
+    "adamw": ("adamw", 0.04, 0.0, None, 1.0),
+    "sgd_clip_scaler": ("sgd", 0.08, 0.5, 256.0, 1.0),
+    "sgd_scaler": ("sgd", 0.08, 0.0, 1024.0, 2.0),
 }
 STEP_DECAY = {"sgd": 0.01, "adamw": 0.05}
 
@@ -195,7 +203,8 @@ def test_trainer_steps_equal_the_update_by_hand(data, case):
     - lr = lr_config x batch / reference_batch (linear scaling), times the warmup factor
       wf (1 - a) + a with a = k / warmup_iters, times 0.5 (1 + cos(pi k / total)) for AdamW's
       cosine schedule (SGD: multistep, no step yet);
-    - SGD: v = 0.9 v + g + wd p, p -= lr v, with wd 0 for biases, norm weights and Scales;
+    - SGD: v = 0.9 v + g + wd p, p -= lr v, with wd 0 for biases, norm weights and Scales, and
+      biases at bias_lr_factor x lr (2 in two cases);
     - AdamW: p *= 1 - lr wd, then Adam with betas (0.9, 0.999), eps 1e-8, bias corrections;
     - clipping: g *= c / (|g| + 1e-6) with |g| the total norm (> c here), on the unscaled
       gradients; an enabled GradScaler (its scale a power of 2) changes nothing.
@@ -208,13 +217,13 @@ def test_trainer_steps_equal_the_update_by_hand(data, case):
     (``ndim == 1``), warmup start or formula wrong, lr scaling rule wrong, the weight decay value
     ignored, AdamW betas changed, clipping skipped, clipping before ``unscale_`` or ``unscale_``
     missing, the loss not scaled, the scheduler stepped twice or not at all."""
-    optimizer_name, config_lr, clip, grad_scale = STEP_CASES[case]
+    optimizer_name, config_lr, clip, grad_scale, bias_factor = STEP_CASES[case]
     weight_decay = STEP_DECAY[optimizer_name]
     batch, reference, warmup_iters, warmup_factor, epochs, steps = 2, 16, 5, 0.25, 3, 2
     scheduler = "cosine" if optimizer_name == "adamw" else "multistep"
     cfg = load_config("fcos/config_demo.py", data_keys(data) + TINY_MODEL + [
         f"optimizer={optimizer_name}", f"scheduler={scheduler}", "lr_steps=(2,)", f"weight_decay={weight_decay}",
-        f"clip_grad_norm={clip}", "min_size=(64,)", "max_size=96", f"batch_size={batch}", "num_workers=0",
+        f"clip_grad_norm={clip}", f"bias_lr_factor={bias_factor}", "min_size=(64,)", "max_size=96", f"batch_size={batch}", "num_workers=0",
         f"lr={config_lr}", "scale_lr=True", f"reference_batch={reference}", f"warmup_iters={warmup_iters}",
         f"warmup_factor={warmup_factor}", "warmup_max_fraction=1.0", f"epochs={epochs}", "log_interval=1",
         "check_images=off"])
@@ -259,17 +268,18 @@ def test_trainer_steps_equal_the_update_by_hand(data, case):
             for name, param in hand.named_parameters():
                 g = grads[name]
                 wd = weight_decay if kinds[name] == "conv" else 0.0
+                lr_p = lr * (bias_factor if kinds[name] == "bias" else 1.0)
                 if optimizer_name == "sgd":
                     velocity[name] = 0.9 * velocity.get(name, 0) + g + wd * param
-                    param -= lr * velocity[name]
+                    param -= lr_p * velocity[name]
                 else:
                     t = k + 1
-                    param *= 1 - lr * wd
+                    param *= 1 - lr_p * wd
                     moment1[name] = 0.9 * moment1.get(name, 0) + 0.1 * g
                     moment2[name] = 0.999 * moment2.get(name, 0) + 0.001 * g * g
                     m_hat = moment1[name] / (1 - 0.9 ** t)
                     v_hat = moment2[name] / (1 - 0.999 ** t)
-                    param -= lr * m_hat / (v_hat.sqrt() + 1e-8)
+                    param -= lr_p * m_hat / (v_hat.sqrt() + 1e-8)
         for name, param in hand.named_parameters():
             start, real = recording.states[k][name].double(), recording.states[k + 1][name].double()
             real_change, hand_change = real - start, param.detach().double() - start
@@ -291,10 +301,12 @@ def recorded_run(monkeypatch, cfg) -> list[list]:
     """train(cfg) with every training batch recorded: per epoch, a list of batches."""
     original, epochs = loop.train_one_epoch, []
 
-    def recording(model, loss_fn, optimizer, scheduler, scaler, loader, device, epoch, cfg, amp_dtype, on_log=None):
+    def recording(model, loss_fn, optimizer, scheduler, scaler, loader, device, epoch, cfg, amp_dtype, on_log=None,
+                  **keywords):
         rec = Recording(loader)
         epochs.append(rec.batches)
-        return original(model, loss_fn, optimizer, scheduler, scaler, rec, device, epoch, cfg, amp_dtype, on_log)
+        return original(model, loss_fn, optimizer, scheduler, scaler, rec, device, epoch, cfg, amp_dtype, on_log,
+                        **keywords)
 
     monkeypatch.setattr(loop, "train_one_epoch", recording)
     loop.train(cfg)

@@ -71,21 +71,30 @@ def load_resume_checkpoint(path: str, cfg, class_names: list[str], category_ids:
 
 
 def latest_state(model, optimizer, scheduler, scaler, epoch: int, best_map: float, eval_pending: bool,
-                 losses: dict, best_epoch: int | None = None) -> dict:
+                 losses: dict, best_epoch: int | None = None, ema=None, guard=None, watch=None) -> dict:
     """What ``latest.pth`` holds beyond the run's metadata, after ``epoch`` (1-based) epochs.
-    Gathers the random states of every process: call it on every process."""
+    "model" is the model users get: with ``ema`` (ModelEMA) the averaged weights, the raw ones
+    then in "train_model" for resume. ``guard`` and ``watch``: the spike and evaluation
+    history. Gathers the random states of every process: call it on every process."""
     states = dist_utils.all_gather_objects(rng_state())   # one per rank
-    return {"model": model.state_dict(), "epoch": epoch, "best_map": best_map, "best_epoch": best_epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": states,
-            "eval_pending": eval_pending, "epoch_losses": dict(losses)}
+    out = {"model": model.state_dict(), "epoch": epoch, "best_map": best_map, "best_epoch": best_epoch,
+           "optimizer": optimizer.state_dict(),
+           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": states,
+           "eval_pending": eval_pending, "epoch_losses": dict(losses)}
+    if ema is not None:
+        out.update({"model": ema.module.state_dict(), "train_model": out["model"], "ema": ema.state_dict()})
+    if guard is not None:
+        out["spikes"] = guard.state_dict()
+    if watch is not None:
+        out["evaluations"] = watch.state_dict()
+    return out
 
 
 def restore(checkpoint: dict, path: str, model, optimizer, scheduler, scaler) -> tuple[int, float, dict | None]:
     """Load a ``latest.pth`` into the run; returns (epochs done, best mAP, the losses of the
     last epoch if its evaluation is to be run again, else None). Random states are restored
     separately (``restore_rng``), just before training continues."""
-    load_model_weights(model, checkpoint["model"], path)
+    load_model_weights(model, checkpoint.get("train_model", checkpoint["model"]), path)
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
@@ -94,6 +103,16 @@ def restore(checkpoint: dict, path: str, model, optimizer, scheduler, scaler) ->
     logger.info("resumed from %s at epoch %d (best mAP %.4f)%s", path, epoch + 1, best_map,
                 f"; evaluating epoch {epoch} first" if pending is not None else "")
     return epoch, best_map, pending
+
+
+def restore_ema(checkpoint: dict, ema) -> None:
+    """The averaged weights and their update count from a ``latest.pth`` (``ema``: ModelEMA,
+    built from the restored training weights); one written without EMA keeps that start."""
+    if "ema" in checkpoint:
+        ema.load(checkpoint["model"], checkpoint["ema"])
+    else:
+        logger.warning("warning: %s was written without ema: the average starts from its weights now",
+                       "the checkpoint")
 
 
 def best_epoch_of(checkpoint: dict, work_dir) -> int | None:

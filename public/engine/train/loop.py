@@ -23,8 +23,10 @@ from public.engine.runs.checkpoint import (build_model_for_checkpoint, is_densed
 from public.engine.runs.identity import model_type, take_auto_settings
 from public.engine.runs.state import drop_rows_from_epoch, preserved_rng, seed_everything
 from public.engine.runs.weights import check_only_class_layer_differs, match_classes_by_name, without_imagenet
+from public.engine.train.ema import ModelEMA
 from public.engine.train.optim import LRScheduler, build_optimizer
 from public.engine.train.resolve import resolve_for_run
+from public.engine.train.stability import CollapseWatch, SpikeGuard, mean_over_processes
 from public.engine.watch.logger import MetricLogger, append_jsonl, setup_logging
 from public.engine.watch.plots import RunRecorder
 
@@ -127,10 +129,18 @@ def train(cfg) -> float:
 
     start_epoch, best_map, pending_losses = 0, -1.0, None   # pending: the last epoch's evaluation is redone
     best_epoch = None                                       # the epoch (1-based) of best.pth
+    guard, watch = SpikeGuard(cfg.on_spike, cfg.spike_factor), CollapseWatch()
     if checkpoint is not None:
         start_epoch, best_map, pending_losses = resume_utils.restore(checkpoint, resume, model, optimizer,
                                                                      scheduler, scaler)
         best_epoch = resume_utils.best_epoch_of(checkpoint, work_dir)
+        guard.load_state_dict(checkpoint.get("spikes") or {})
+        watch = CollapseWatch(checkpoint.get("evaluations"))
+    # the averaged weights (evaluated and saved as the model) start from the weights trained so far
+    ema = ModelEMA(model, cfg.ema, cfg.ema_tau) if cfg.ema > 0 else None
+    if ema is not None and checkpoint is not None:
+        resume_utils.restore_ema(checkpoint, ema)
+    eval_model = ema.module if ema is not None else model
 
     if main:
         changed = " ".join(f"{key}={value!r}" for key, value in cfg.changed().items() if key != "work_dir")
@@ -155,8 +165,8 @@ def train(cfg) -> float:
         for name in EPOCH_FILES:
             drop_rows_from_epoch(work_dir / name, start_epoch + (pending_losses is None))
     recorder = RunRecorder(work_dir, start_epoch, len(train_loader), cfg.tensorboard, main)
-    evaluation = functools.partial(evaluate_epoch, model, decoder, val_loader, val_set, device, amp_dtype, cfg,
-                                   scheduler, meta, recorder)
+    evaluation = functools.partial(evaluate_epoch, eval_model, decoder, val_loader, val_set, device, amp_dtype,
+                                   cfg, scheduler, meta, recorder, watch)
     if checkpoint is not None:
         resume_utils.restore_rng(checkpoint)   # last: the states of the uninterrupted run at this epoch's end
         if pending_losses is not None:
@@ -165,7 +175,7 @@ def train(cfg) -> float:
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.batch_sampler.set_epoch(epoch)   # the order and augmentation of this epoch's images
         losses = train_one_epoch(ddp_model, loss_fn, optimizer, scheduler, scaler, train_loader, device,
-                                 epoch, cfg, amp_dtype, recorder.iteration_logger(epoch))
+                                 epoch, cfg, amp_dtype, recorder.iteration_logger(epoch), guard=guard, ema=ema)
         recorder.trained(epoch + 1, losses, scheduler.get_lr())
         evaluate_now = (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs
         if main and not evaluate_now:  # every epoch has its row; an evaluated one gets it with its stats
@@ -174,13 +184,15 @@ def train(cfg) -> float:
             recorder.rows_changed()
         # latest.pth before the evaluation: an evaluation that fails or is killed loses no training
         state = resume_utils.latest_state(model, optimizer, scheduler, scaler, epoch + 1, best_map, evaluate_now,
-                                          losses, best_epoch)
+                                          losses, best_epoch, ema=ema, guard=guard, watch=watch)
         if main:
             save_checkpoint({**meta, **state}, work_dir / "latest.pth")
         if evaluate_now:
             best_map, best_epoch = evaluation(epoch + 1, losses, best_map, best_epoch)
     recorder.close()
-    logger.info("done: best mAP %.4f at epoch %s, checkpoints in %s", best_map, best_epoch, work_dir)
+    spikes = f"; {guard.spikes} loss spike(s), see the warnings" if guard.spikes else ""
+    summary, fell_back = watch.summary()
+    (logger.warning if fell_back else logger.info)("done: %s%s; checkpoints in %s", summary, spikes, work_dir)
     return best_map
 
 
@@ -193,7 +205,7 @@ def check_classes(cfg, train_set, val_set) -> None:
     check_same_classes(train_set, val_set, cfg.train_annotations, cfg.val_annotations)
 
 
-def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, scheduler, meta, recorder,
+def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, scheduler, meta, recorder, watch,
                    epoch: int, losses: dict, best_map: float,
                    best_epoch: int | None = None) -> tuple[float, int | None]:
     """Evaluate after ``epoch`` (1-based) epochs: log it, add its metrics.jsonl row (and the
@@ -211,6 +223,9 @@ def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, 
         append_jsonl(work_dir / "metrics.jsonl", {"epoch": epoch, **result.metrics, **losses,
                                                   "lr": scheduler.get_lr(), "time": recorder.elapsed()})
         recorder.evaluated(epoch, result)  # TensorBoard, results.csv, results.png
+        warning = watch.evaluated(epoch, result.stats[0], result.num_detections, cfg.score_thresh)
+        if warning:
+            logger.warning("epoch %d: %s", epoch, warning)
         if result.stats[0] > best_map:
             best_map, best_epoch = result.stats[0], epoch
             save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "best_map": best_map},
@@ -220,9 +235,14 @@ def evaluate_epoch(model, decoder, val_loader, val_set, device, amp_dtype, cfg, 
 
 
 def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, device, epoch, cfg, amp_dtype,
-                    on_log=None) -> dict:
-    """One pass over ``loader``; returns the mean of each loss over the epoch. ``on_log``: see MetricLogger."""
+                    on_log=None, guard: SpikeGuard | None = None, ema: ModelEMA | None = None) -> dict:
+    """One pass over ``loader``; returns the mean of each loss over the epoch's updating steps.
+    ``on_log``: see MetricLogger. ``guard`` judges each step's loss before the backward pass
+    (a spike is logged, and skipped with on_spike=skip); ``ema`` is updated after each step."""
     model.train()
+    guard = guard if guard is not None else SpikeGuard(cfg.on_spike, cfg.spike_factor)
+    clip = cfg.effective("clip_grad_norm")
+    unwrapped = model.module if isinstance(model, DistributedDataParallel) else model
     metric_logger = MetricLogger(cfg.log_interval, device, on_log)
     header = f"epoch {epoch + 1}/{cfg.epochs}"
     for batch in metric_logger.log_every(Prefetcher(loader, device, cfg.channels_last), header):
@@ -230,19 +250,22 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, device
             outputs = model(batch.images)
         losses = loss_fn(outputs, batch.targets)       # in float32, outside autocast
         total = sum(losses.values())
-        values = torch.stack([v.detach() for v in losses.values()]).tolist()  # note: one host sync per step
-        if not all(math.isfinite(v) for v in values):
-            raise FloatingPointError(
-                f"non-finite loss at epoch {epoch + 1}: {dict(zip(losses, values))}; image ids of the batch: "
-                f"{batch.image_ids.tolist()}. Lower lr, raise warmup_iters or set clip_grad_norm; "
-                f"resume from latest.pth with resume=auto.")
+        # note: one host sync per step (and one all_reduce of a few numbers under DDP)
+        values = mean_over_processes(torch.stack([v.detach() for v in losses.values()]).tolist())
+        if not guard.check(dict(zip(losses, values)), scheduler.iteration + 1, epoch + 1,
+                           batch.image_ids.tolist()):
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()                             # the schedule stays a function of the iteration
+            continue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
-        if cfg.clip_grad_norm > 0:
+        if clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update(unwrapped)
         metric_logger.update(loss=sum(values), **dict(zip(losses, values)), lr=scheduler.get_lr())
     return {k: v for k, v in metric_logger.averages().items() if k.startswith("loss")}

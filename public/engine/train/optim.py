@@ -9,15 +9,35 @@ from torch import nn
 
 
 
+def parameter_groups(cfg, model: nn.Module) -> list[dict]:
+    """The optimizer's groups: weights (decayed), biases (lr x ``bias_lr_factor``) and the
+    other 1-D or 0-D parameters (norm layers' weights, per-level Scales). Biases and the 1-D
+    parameters are not decayed unless ``weight_decay_1d``. Each group carries ``lr_factor``,
+    its lr's multiple of the schedule's (``LRScheduler``). Frozen parameters are in none."""
+    weights, biases, others = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim > 1:
+            weights.append(param)
+        elif name.rsplit(".", 1)[-1] == "bias":
+            biases.append(param)
+        else:
+            others.append(param)
+    small_decay = cfg.weight_decay if cfg.weight_decay_1d else 0.0
+    return [{"params": weights, "weight_decay": cfg.weight_decay, "lr_factor": 1.0},
+            {"params": biases, "weight_decay": small_decay, "lr_factor": cfg.bias_lr_factor},
+            {"params": others, "weight_decay": small_decay, "lr_factor": 1.0}]
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (the papers' recipe) or AdamW; weight decay on conv/linear weights
-    only, not on biases, norm layers and per-level scales (1-D parameters), unless
-    ``weight_decay_1d`` (every parameter decayed, as torchvision's reference scripts do)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 and not cfg.weight_decay_1d else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """SGD with momentum (the papers' recipe) or AdamW, over ``parameter_groups``: weight decay
+    on conv/linear weights only, unless ``weight_decay_1d`` (every parameter decayed, as
+    torchvision's reference scripts do); biases at ``bias_lr_factor`` x the lr (the official
+    FCOS / ATSS code's ``BIAS_LR_FACTOR 2``)."""
+    groups = parameter_groups(cfg, model)
+    for group in groups:
+        group["lr"] = cfg.lr * group["lr_factor"]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr)  # "adamw", the only other choice of the key
@@ -66,7 +86,8 @@ class Schedule:
 
 
 class LRScheduler:
-    """Sets every param group's lr to ``Schedule.lr_at`` the current iteration; call ``step``
+    """Sets every param group's lr to ``Schedule.lr_at`` the current iteration (times the group's
+    ``lr_factor``); call ``step``
     after each optimizer step and ``step_metric`` after each evaluation ("plateau": x
     ``lr_gamma`` after ``plateau_patience`` evaluations without a better mAP, mode max like
     ReduceLROnPlateau). Its state is plain numbers, so it loads with ``weights_only=True``.
@@ -85,7 +106,7 @@ class LRScheduler:
     def _apply(self) -> None:
         lr = self.schedule.lr_at(self.iteration, self.plateau_factor)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_factor", 1.0)
 
     def step(self) -> None:
         self.iteration += 1
@@ -103,7 +124,8 @@ class LRScheduler:
         self._apply()
 
     def get_lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The schedule's lr now (that of the weights; biases get ``bias_lr_factor`` x it)."""
+        return self.schedule.lr_at(self.iteration, self.plateau_factor)
 
     def state_dict(self) -> dict:
         return {"iteration": self.iteration, "plateau_factor": self.plateau_factor,

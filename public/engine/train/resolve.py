@@ -33,7 +33,7 @@ from public.models.backbone import backbone_freezing
 
 # The keys whose value ``resolve`` may change; stored in every checkpoint as "resolved".
 RESOLVED_KEYS = ("frozen_stages", "freeze_bn", "head_norm", "warmup_iters", "lr_steps", "lr", "scale_lr",
-                 "batch_size", "num_workers")
+                 "batch_size", "num_workers", "clip_grad_norm", "ema_tau")
 
 
 @dataclass
@@ -124,6 +124,20 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
     else:
         lines.append(f"warmup {warmup} iterations (run: {total_iters} = {cfg.epochs} epochs x {iters_per_epoch})")
 
+    # ---- stability ------------------------------------------------------------------------
+    clip = cfg.effective("clip_grad_norm")
+    values["clip_grad_norm"] = clip
+    if cfg.clip_grad_norm == "auto":
+        lines.append(f"gradient clipping at norm {clip:g} (clip_grad_norm=auto: " +
+                     ("from random init, unclipped runs spike)" if clip else "trained weights, the papers' recipe)"))
+    tau = cfg.effective("ema_tau")
+    if cfg.ema_tau == "auto":
+        tau = max(1, min(tau, total_iters // 4))
+    values["ema_tau"] = tau
+    if cfg.ema > 0:
+        lines.append(f"EMA of the weights: decay {cfg.ema:g} x (1 - exp(-updates / {tau}))"
+                     + (" (ema_tau=auto: 2000, at most a quarter of the run)" if cfg.ema_tau == "auto" else ""))
+
     # ---- lr steps -------------------------------------------------------------------------
     steps = step_epochs(cfg.lr_steps, cfg.epochs)
     values["lr_steps"] = steps
@@ -159,6 +173,11 @@ def resolve_for_run(cfg, num_train_images: int, world_size: int, stored: dict | 
         changed = [key for key in RESOLVED_KEYS
                    if key in stored["requested"] and stored["requested"][key] != requested[key]]
         cfg.update(stored["values"])
+        missing = [key for key in RESOLVED_KEYS if key not in stored["values"]]   # keys newer than the run
+        if missing:
+            fresh = resolve(cfg, num_train_images, world_size).values
+            cfg.update({key: fresh[key] for key in missing})
+            stored = {**stored, "values": {**stored["values"], **{key: fresh[key] for key in missing}}}
         log.info("resolved (stored in the checkpoint this run resumes from):\n  %s",
                  "\n  ".join(stored["lines"]))
         if changed:

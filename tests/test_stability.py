@@ -1,0 +1,222 @@
+"""A run that cannot go bad silently: the spike guard, the collapse watch, the EMA of the
+weights, each against numbers written out here, and a real train() with a forced spike and
+a forced collapse."""
+import json
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from config import load_config
+from public.data.demo import generate_demo_data
+from public.engine.evaluate.evaluator import EvalResult
+from public.engine.train import loop
+from public.engine.train.ema import ModelEMA
+from public.engine.train.optim import LRScheduler, build_optimizer
+from public.engine.train.stability import MIN_STEPS, CollapseWatch, SpikeError, SpikeGuard
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+# ---- the spike guard -------------------------------------------------------------------------
+def steady(guard: SpikeGuard, n: int = MIN_STEPS, value: float = 1.0) -> None:
+    for i in range(n):
+        assert guard.check({"loss_cls": value * 0.6 + 0.01 * (i % 3), "loss_box": value * 0.4}, i + 1, 1)
+
+
+def test_spike_is_judged_against_the_running_median(caplog):
+    """The median of 20 losses 1.00/1.01/1.02 is 1.01: 10 x that is the line. A loss just under
+    it passes, one over it is a spike, logged with the iteration, the loss parts and the advice,
+    and (on_spike=skip) the step is skipped and left out of the median."""
+    guard = SpikeGuard("skip", 10.0)
+    steady(guard)
+    assert guard.median() == pytest.approx(1.01)
+    assert guard.check({"loss_cls": 10.0, "loss_box": 0.09}, 21, 2)          # 10.09 < 10.1: no spike
+    with caplog.at_level(logging.WARNING, logger="densedet"):
+        assert not guard.check({"loss_cls": 9.0, "loss_box": 1.2}, 22, 2, [5, 9])  # 10.2 > 10.1
+    line = caplog.records[-1].getMessage()
+    assert "loss spike at iteration 22 (epoch 2)" in line and "loss_cls 9" in line and "loss_box 1.2" in line
+    assert "image ids [5, 9]" in line and "step skipped" in line and "clip_grad_norm" in line
+    assert len(guard.recent) == 21 and guard.spikes == 1                    # the spike stays out of the median
+    # too few steps to judge: no finite loss is a spike yet
+    early = SpikeGuard("skip", 10.0)
+    assert early.check({"loss": 1.0}, 1, 1) and early.check({"loss": 1000.0}, 2, 1)
+
+
+def test_spike_actions():
+    warn = SpikeGuard("warn", 5.0)
+    steady(warn)
+    assert warn.check({"loss": 50.0}, 21, 1) and warn.spikes == 1          # updates anyway
+    with pytest.raises(SpikeError, match="non-finite loss nan"):
+        warn.check({"loss": math.nan}, 22, 1)                                # cannot apply a NaN step
+    stop = SpikeGuard("stop", 5.0)
+    steady(stop)
+    with pytest.raises(SpikeError, match="iteration 21 .*on_spike=stop.*resume=auto"):
+        stop.check({"loss": 50.0}, 21, 1)
+    skip = SpikeGuard("skip", 5.0)
+    steady(skip)
+    assert not skip.check({"loss": math.inf}, 21, 1)                         # skipped, the run goes on
+    for i in range(9):
+        assert not skip.check({"loss": 50.0}, 22 + i, 1)                     # 10 in a row: still skipped
+    with pytest.raises(SpikeError, match="11 loss spikes in a row.*diverged"):
+        skip.check({"loss": 50.0}, 31, 1)
+
+
+def test_spike_guard_state_round_trips():
+    guard = SpikeGuard("skip", 10.0)
+    steady(guard, 30)
+    guard.check({"loss": 1e6}, 31, 1)
+    again = SpikeGuard("skip", 10.0)
+    again.load_state_dict(json.loads(json.dumps(guard.state_dict())))
+    assert list(again.recent) == list(guard.recent) and again.spikes == 1
+    assert again.is_spike(10.2) and not again.is_spike(10.0)
+
+
+def test_skipped_step_leaves_the_weights_and_advances_the_schedule(monkeypatch):
+    """train_one_epoch with a loss that spikes at its 24th step: the weights after that step are
+    those before it, every other step changes them, and the schedule counted every step."""
+    cfg = load_config("fcos/config_demo.py", ["log_interval=1", "warmup_iters=0", "on_spike=skip",
+                                              "clip_grad_norm=0"])
+    model = nn.Conv2d(3, 1, 1)
+    snapshots = []
+
+    def loss_fn(outputs, targets):
+        snapshots.append(model.weight.detach().clone())
+        loss = outputs.float().mean() ** 2 + 1.0
+        return {"loss_cls": loss * (1000.0 if len(snapshots) == 24 else 1.0)}
+
+    class Batch:
+        def __init__(self):
+            self.images = torch.rand(1, 3, 8, 8)
+            self.targets = torch.zeros(1, 0, 5)
+            self.image_ids = torch.tensor([1])
+
+    optimizer = build_optimizer(cfg, model)
+    scheduler = LRScheduler(optimizer, cfg, 30)
+    torch.manual_seed(0)
+    batches = [Batch() for _ in range(30)]
+    monkeypatch.setattr(loop, "Prefetcher", lambda loader, device, channels_last: loader)  # batches ready-made
+    losses = loop.train_one_epoch(model, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False),
+                                  batches, torch.device("cpu"), 0, cfg, None)
+    snapshots.append(model.weight.detach().clone())
+    moved = [not torch.equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
+    assert moved[23] is False and all(moved[:23]) and all(moved[24:])
+    assert scheduler.iteration == 30
+    assert losses["loss_cls"] < 2.0                                          # the epoch's mean leaves it out
+
+
+# ---- the collapse watch ----------------------------------------------------------------------
+def test_collapse_is_reported_at_the_evaluation_and_at_the_end():
+    watch = CollapseWatch()
+    assert watch.evaluated(3, 0.0006, 12, 0.05) is None
+    assert watch.evaluated(6, 0.0172, 300, 0.05) is None
+    warning = watch.evaluated(9, 0.0, 0, 0.05)
+    assert "no detection above score_thresh=0.05 at epoch 9 (300 at epoch 6)" in warning
+    assert "best.pth keeps epoch 6" in warning
+    summary, fell_back = watch.summary()
+    assert fell_back and summary.startswith("best mAP 0.0172 at epoch 6, last 0.0000 at epoch 9: the classifier "
+                                            "collapsed")
+    # under half the best, but with detections
+    watch = CollapseWatch([(3, 0.017, 500)])
+    assert "under half the best (0.0170 at epoch 3)" in watch.evaluated(6, 0.0084, 400, 0.05)
+    assert watch.evaluated(6, 0.0086, 400, 0.05) is None                     # redone (resume): replaces epoch 6
+    assert watch.summary() == ("best mAP 0.0170 at epoch 3, last 0.0086 at epoch 6: the run fell back after its "
+                               "best epoch (best.pth keeps it); " + loop_advice(), True)
+    # 0.8 x the best is the end-of-run line's threshold
+    assert CollapseWatch([(1, 0.5, 9), (2, 0.4, 9)]).summary() == ("best mAP 0.5000 at epoch 1, last 0.4000 at "
+                                                                    "epoch 2", False)
+    assert CollapseWatch([(1, 0.5, 9), (2, 0.39, 9)]).summary()[1] is True
+    assert CollapseWatch([(1, 0.1, 9), (2, 0.3, 9)]).summary() == ("best mAP 0.3000 at epoch 2 (the last "
+                                                                    "evaluation)", False)
+
+
+def loop_advice() -> str:
+    from public.engine.train.stability import ADVICE
+    return ADVICE
+
+
+# ---- EMA ---------------------------------------------------------------------------------------
+def test_ema_equals_the_average_by_hand():
+    """Three SGD steps of a conv + BatchNorm; after each, by hand in float64:
+    d_t = decay (1 - exp(-t / tau)), ema = d_t ema + (1 - d_t) w for weights and BN statistics,
+    the BN batch count copied."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4))
+    ema = ModelEMA(model, decay=0.9, tau=2)
+    hand = {k: v.double().clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for t in (1, 2, 3):
+        (model(torch.rand(2, 3, 8, 8)) - torch.rand(2, 4, 6, 6)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.update(model)
+        d = 0.9 * (1 - math.exp(-t / 2))
+        for key, value in model.state_dict().items():
+            hand[key] = value.double().clone() if key.endswith("num_batches_tracked") else \
+                d * hand[key] + (1 - d) * value.double()
+    assert ema.updates == 3
+    for key, value in ema.module.state_dict().items():
+        assert torch.allclose(value.double(), hand[key], rtol=0, atol=1e-6), key
+        if not key.endswith("num_batches_tracked"):
+            assert not torch.allclose(value, model.state_dict()[key])         # really an average
+    assert int(ema.module.state_dict()["2.num_batches_tracked"]) == 3
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+# ---- a real train(): forced spike, forced collapse, EMA saved as the model -------------------------
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stability_data")
+    generate_demo_data(root, 8, 2, seed=11)
+    return [f"train_images={root / 'train'}", f"train_annotations={root / 'annotations' / 'instances_train.json'}",
+            f"val_images={root / 'val'}", f"val_annotations={root / 'annotations' / 'instances_val.json'}"]
+
+
+def test_forced_spike_and_collapse_are_reported(data, tmp_path, monkeypatch):
+    """8 images at batch 1 for 3 epochs (24 steps) with EMA on; the loss of step 23 is multiplied
+    by 1000 and the evaluations return mAP 0.30, 0.40, then nothing. The log names the spike's
+    iteration, the collapse at epoch 3, and ends "best mAP 0.4000 at epoch 2, last 0.0000 at
+    epoch 3: the classifier collapsed"; best.pth holds the EMA weights of epoch 2 and
+    latest.pth the EMA weights as its model, the raw ones for resume."""
+    work_dir = tmp_path / "run"
+    cfg = load_config("fcos/config_demo.py", data + [
+        "backbone=resnet18", "fpn_channels=64", "num_convs=1", "min_size=(128,)", "max_size=128", "test_min_size=64",
+        "batch_size=1", "epochs=3", "eval_interval=1", "num_workers=0", "flops=False", "log_interval=1",
+        "check_images=off", "ema=0.99", f"work_dir={work_dir}", "aspect_ratio_grouping=False"])
+    original_loss = cfg.build_loss
+    calls = []
+
+    def spiking_loss():
+        loss_fn = original_loss()
+
+        def forced(outputs, targets):
+            calls.append(1)
+            losses = loss_fn(outputs, targets)
+            return {k: v * 1000.0 for k, v in losses.items()} if len(calls) == 23 else losses
+        return forced
+
+    monkeypatch.setattr(cfg, "build_loss", spiking_loss)
+    stats = iter([0.30, 0.40, 0.0])
+    saved = {}
+
+    def fake_evaluate(model, *args, **kwargs):
+        value = next(stats)
+        saved[len(saved) + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+        return EvalResult(stats=[value] + [0.0] * 11, num_detections=0 if value == 0 else 50)
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    assert loop.train(cfg) == pytest.approx(0.40)
+    log = (work_dir / "train.log").read_text()
+    assert "loss spike at iteration 23 (epoch 3)" in log and "step skipped (on_spike=skip)" in log
+    assert "epoch 3: the classifier collapsed: no detection above score_thresh=0.05 at epoch 3 (50 at epoch 2)" in log
+    assert ("done: best mAP 0.4000 at epoch 2, last 0.0000 at epoch 3: the classifier collapsed (no detections at "
+            "the end)") in log and "1 loss spike(s)" in log
+    best = torch.load(work_dir / "best.pth", weights_only=True)
+    latest = torch.load(work_dir / "latest.pth", weights_only=True)
+    assert best["epoch"] == 2 and all(torch.equal(best["model"][k], saved[2][k]) for k in saved[2])
+    assert all(torch.equal(latest["model"][k], saved[3][k]) for k in saved[3])     # evaluated = saved model
+    assert latest["ema"]["updates"] == 23                                            # 24 steps, one skipped
+    assert any(not torch.equal(latest["train_model"][k], latest["model"][k]) for k in latest["model"])
+    assert latest["spikes"]["spikes"] == 1 and [e[0] for e in latest["evaluations"]] == [1, 2]  # before epoch 3's
