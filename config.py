@@ -201,6 +201,24 @@ class BaseConfig:
                       "normalised float, sizes floored), which torchvision checkpoints are scored with.",
                       choices=("opencv", "torchvision"))
     hflip_prob = Key(0.5, "Probability of a horizontal flip at training.", low=0, high=1)
+    # Augmentations for small datasets (public/data/augment.py); all off, as in the papers.
+    vflip_prob = Key(0.0, "Probability of a vertical flip at training (imagery without an up: aerial, "
+                     "microscopy).", low=0, high=1)
+    rot90 = Key(False, "Rotate each training image by k x 90 degrees, k uniform in 0..3 (imagery without an "
+                "up). With hflip_prob=0.5 all 8 flips and rotations are equally likely and vflip_prob adds "
+                "nothing.")
+    scale_jitter = Key((1.0, 1.0), "Large-scale jitter at training: (low, high) of a random factor on the "
+                       "training size (min_size, max_size); an image larger than the min_size x max_size box "
+                       "is randomly cropped to it, a smaller one stays smaller. (1.0, 1.0) is off; e.g. "
+                       "(0.5, 2.0).", low=0, low_open=True, each=True, length=2,
+                       check=lambda r: None if r[0] <= r[1] else f"scale_jitter={r!r} must be (low, high) "
+                                                                 f"with low <= high")
+    crop_min_visibility = Key(0.3, "With scale_jitter: a box cut by the crop is kept (clipped) when at least "
+                              "this fraction of its area is inside and it is at least 1 px wide and high; "
+                              "otherwise it is dropped with its label.", low=0, high=1)
+    photometric = Key(0.0, "Probability of each of SSD's photometric distortions at training (brightness "
+                      "x[0.875, 1.125], contrast and saturation x[0.5, 1.5], hue +-0.05 turn); 0 is off, "
+                      "0.5 is SSD's.", low=0, high=1)
     size_divisible = Key(32, "Batches are padded to a multiple of this.", low=1, integer=True)
     aspect_ratio_grouping = Key(True, "Training batches of landscape or of portrait images only (less padding).")
     num_workers = Key(4, "Data-loading processes per training process (capped at the CPU count).",
@@ -278,6 +296,8 @@ class BaseConfig:
     weight_decay = Key(1e-4, "Weight decay of conv and linear weights (not of norm layers, biases and Scales "
                        "unless weight_decay_1d).", low=0)
     weight_decay_1d = Key(False, "Also decay biases, norm layers and Scales (torchvision's reference scripts).")
+    bias_lr_factor = Key(1.0, "Biases train at this multiple of the lr (the official FCOS / ATSS code and "
+                         "Detectron's RetinaNet: 2, with no weight decay on biases).", low=0)
     scheduler = Key("multistep", "The lr schedule after warmup: 'multistep', 'cosine' or 'plateau' "
                     "(ReduceLROnPlateau on mAP).", choices=("multistep", "cosine", "plateau"))
     lr_steps = Key((0.667, 0.917), "Epochs at which multistep multiplies the lr by lr_gamma: values below 1 are "
@@ -290,7 +310,24 @@ class BaseConfig:
     warmup_max_fraction = Key(0.25, "Warmup is at most this fraction of the run's iterations (1.0: no cap).",
                               low=0, high=1)
     warmup_factor = Key(0.001, "lr multiplier at iteration 0 of the linear warmup.", low=0, high=1)
-    clip_grad_norm = Key(0.0, "Clip the gradients' total norm at this value; 0 disables clipping.", low=0)
+    clip_grad_norm = Key("auto", "Clip the gradients' total norm at this value; 0 disables clipping. 'auto': "
+                         "35 from random init (mmdetection's FCOS value; from scratch, unclipped runs on small "
+                         "data spiked and collapsed), 0 with trained weights (the papers').", kind=float, low=0,
+                         auto=lambda cfg: 35.0 if cfg.from_scratch() else 0.0)
+    on_spike = Key("skip", "What a training step does when its loss spikes (over spike_factor x the median "
+                   "of the last 100 steps) or is not finite: 'skip' (no update from that batch; the run stops "
+                   "after 10 in a row), 'warn' (update anyway; a non-finite loss stops the run) or 'stop' (stop; "
+                   "resume=auto continues from the last epoch). Every spike is logged with its loss parts.",
+                   choices=("skip", "warn", "stop"))
+    spike_factor = Key(10.0, "A step's loss over this multiple of the running median is a spike (on_spike).",
+                       low=1, low_open=True)
+    ema = Key(0.0, "Keep an exponential moving average of the weights with this decay (e.g. 0.9998; 0: off), "
+              "evaluated and saved as the model (best.pth, latest.pth's 'model'; the raw weights are kept for "
+              "resume). The decay warms up as ema x (1 - exp(-updates / ema_tau)) (YOLOX, mmdetection's "
+              "ExpMomentumEMA).", low=0, high=1, high_open=True)
+    ema_tau = Key("auto", "Iterations over which the EMA decay warms up. 'auto': 2000 (YOLOX), at most a quarter "
+                  "of the run's iterations.", kind=int, low=1, integer=True,
+                  auto=lambda cfg: 2000)
     amp = Key(False, "Mixed precision with torch.amp (a GradScaler for float16).")
     amp_dtype = Key("float16", "The autocast dtype of amp: 'float16' or 'bfloat16'.",
                     choices=("float16", "bfloat16"))
@@ -634,6 +671,7 @@ class DemoSettings:
     optimizer = "adamw"
     lr = 4e-3                         # at a total batch of 16: 2e-3 at the demo's batch of 8
     weight_decay = 0.05
+    bias_lr_factor = 1.0              # AdamW's recipe: one lr for all parameters
     scheduler = "cosine"
     warmup_iters = 100
     eval_interval = 4

@@ -15,6 +15,9 @@ import importlib
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):   # run as a file (python path/to/tools/x.py): the repository's modules first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from config import REPO_ROOT, BaseConfig
 
 OUT = REPO_ROOT / "docs" / "config.md"

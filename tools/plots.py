@@ -5,7 +5,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):   # run as a file (python path/to/tools/x.py): the repository's modules first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from public.engine.watch.plots import plot_runs, read_metrics
 

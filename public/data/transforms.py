@@ -2,7 +2,9 @@
 
 A sample is the dict `CocoDetection` returns: image uint8 [H, W, 3], boxes float32 [N, 4]
 xyxy pixels, labels int64 [N], image_id, orig_size (h, w), scale (sx, sy). Transforms that
-move pixels keep `scale` up to date so that `boxes_now = boxes_original * scale`.
+move pixels keep `scale` up to date so that `boxes_now = boxes_original * scale` (except the
+flips here and the training augmentations of `public.data.augment`, which keep it as the resize
+factor: at training it is not read).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import random
 
 import cv2
 import numpy as np
+
+from public.data.augment import PhotometricDistortion, RandomRot90, RandomVerticalFlip, ScaleJitterCrop
 
 
 class Compose:
@@ -56,7 +60,8 @@ class Resize:
         self.mode = mode
         self.square = square
 
-    def _draw_size(self) -> int:
+    def draw_size(self) -> int:
+        """This sample's min size (or square side), drawn from `min_sizes` by `mode`."""
         if self.mode == "range":
             return random.randint(min(self.min_sizes), max(self.min_sizes))
         return random.choice(self.min_sizes)
@@ -73,7 +78,7 @@ class Resize:
     def __call__(self, sample: dict) -> dict:
         image = sample["image"]
         height, width = image.shape[:2]
-        new_h, new_w = self.output_size(height, width, self._draw_size())
+        new_h, new_w = self.output_size(height, width, self.draw_size())
         # Exact per-axis ratios (rounding the size makes them differ slightly from the nominal scale).
         sx, sy = new_w / width, new_h / height
         out = dict(sample)
@@ -116,6 +121,12 @@ def build_transforms(cfg, train: bool) -> Compose:
     cfg.resize_mode ("keep_ratio"|"square"), cfg.hflip_prob, cfg.test_min_size and
     cfg.test_resize: with "torchvision" the evaluation images stay as read (no transform) and
     are resized on the device (``public.data.prefetcher.TorchvisionResize``).
+
+    Training also reads the augmentations of ``public.data.augment`` (all off by default, and
+    absent from the pipeline when off): cfg.scale_jitter and cfg.crop_min_visibility (the Resize
+    becomes a ScaleJitterCrop), cfg.vflip_prob, cfg.rot90 and cfg.photometric. Train order:
+    Resize or ScaleJitterCrop, RandomHorizontalFlip, RandomVerticalFlip, RandomRot90,
+    PhotometricDistortion.
     """
     if cfg.resize_mode not in ("keep_ratio", "square"):
         raise ValueError(f"resize_mode must be 'keep_ratio' or 'square', got {cfg.resize_mode!r}")
@@ -125,8 +136,16 @@ def build_transforms(cfg, train: bool) -> Compose:
             raise ValueError("test_resize='torchvision' keeps the aspect ratio: it needs resize_mode='keep_ratio'")
         return Compose([])
     if train:
-        return Compose([
-            Resize(tuple(cfg.min_size), cfg.max_size, cfg.multiscale_mode, square),
-            RandomHorizontalFlip(cfg.hflip_prob),
-        ])
+        resize = Resize(tuple(cfg.min_size), cfg.max_size, cfg.multiscale_mode, square)
+        scale_jitter = tuple(getattr(cfg, "scale_jitter", (1.0, 1.0)))
+        if scale_jitter != (1.0, 1.0):
+            resize = ScaleJitterCrop(resize, scale_jitter, cfg.crop_min_visibility)
+        steps = [resize, RandomHorizontalFlip(cfg.hflip_prob)]
+        if getattr(cfg, "vflip_prob", 0.0) > 0:
+            steps.append(RandomVerticalFlip(cfg.vflip_prob))
+        if getattr(cfg, "rot90", False):
+            steps.append(RandomRot90())
+        if getattr(cfg, "photometric", 0.0) > 0:
+            steps.append(PhotometricDistortion(cfg.photometric))
+        return Compose(steps)
     return Compose([Resize((cfg.test_min_size,), cfg.max_size, "choice", square)])
