@@ -30,12 +30,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from public.data.crowns import crowns_paths
 from public.data.demo import demo_paths
 from public.engine.command import DEFAULT_CONFIG
 from public.models.backbone import BACKBONES
 
 REPO_ROOT = Path(__file__).resolve().parent
 _DEMO = demo_paths()
+# The built-in datasets (generated on first use), by the name the ``data`` key takes.
+BUILTIN_DATA = {"demo": demo_paths, "crowns": crowns_paths}
 
 
 class Key:
@@ -183,6 +186,9 @@ def increasing(name: str):
 
 class BaseConfig:
     # ---- data ---------------------------------------------------------------------------
+    data = Key("", "A built-in dataset by name, generated on first use, instead of the four paths below: 'demo' "
+               "(five shape classes, 128-192 px images) or 'crowns' (aerial tree crowns: 400 px tiles, ~15 small "
+               "objects of two classes each, 48 train and 16 val tiles).", choices=("", *BUILTIN_DATA))
     train_images = Key(_DEMO["train_images"], "Folder of the training images (default: the built-in demo data, "
                        "generated on first use).")
     train_annotations = Key(_DEMO["train_annotations"], "COCO-format json of the training images.")
@@ -410,12 +416,30 @@ class BaseConfig:
         if problem:
             raise ValueError(f"bad config value: {problem}")
         setattr(self, key, value)
+        if key == "data" and value:
+            self._use_builtin_data(value)
+
+    def _use_builtin_data(self, name: str) -> None:
+        """``data=name``: the four data paths become the built-in dataset's; a path already given
+        otherwise is an error (one or the other)."""
+        paths, defaults = BUILTIN_DATA[name](), self.fields()
+        given = [k for k, v in paths.items() if getattr(self, k) not in (v, defaults[k])]
+        if given:
+            raise ValueError(f"bad config value: data={name!r} sets the data paths, and {', '.join(given)} "
+                             f"{'is' if len(given) == 1 else 'are'} given too: give one or the other")
+        for key, path in paths.items():
+            setattr(self, key, path)
 
     def check(self) -> None:
         """Raise one ValueError listing every value out of its key's range or choices, and every
         broken rule between keys."""
         problems = [p for name, key in self.keys().items() if (p := key.problem(name, getattr(self, name)))]
         problems += self.rules_between_keys()
+        if self.data:
+            given = [k for k, v in BUILTIN_DATA[self.data]().items() if getattr(self, k) != v]
+            if given:
+                problems.append(f"data={self.data!r} sets the data paths, and {', '.join(given)} "
+                                f"{'is' if len(given) == 1 else 'are'} given too: give one or the other")
         if problems:
             raise ValueError("bad config value" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems))
 
@@ -603,6 +627,10 @@ def load_run_config(checkpoint_path: str | Path, config_path: str | Path | None 
     stored = {k: (_stored_path(v) if k in ("val_images", "val_annotations", "train_images", "train_annotations")
                   else v) for k, v in run["config"].items()}
     given = _override_keys(overrides)
+    if stored.get("data"):   # a built-in dataset: its paths follow the code's place, unless paths are given
+        data_keys = ("val_images", "val_annotations", "train_images", "train_annotations")
+        drop = data_keys if not given & set(data_keys) else ("data",)
+        stored = {k: v for k, v in stored.items() if k not in drop}
     notes = []
     if config_path is None:
         module_name = run["model_type"] or ".".join(Path(DEFAULT_CONFIG).with_suffix("").parts)

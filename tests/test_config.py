@@ -54,3 +54,15 @@ def test_load_config_from_path_and_work_dir(tmp_path):
     cfg = load_config(user)
     assert cfg.epochs == 7 and cfg.work_dir.replace("\\", "/") == "work_dirs/my_fcos"
     assert cfg.to_dict()["center_sampling_radius"] == 1.5
+
+
+def test_data_key_selects_a_builtin_dataset():
+    """data=crowns puts the four paths on the built-in crowns dataset; a path given as well is an
+    error naming it, whichever comes first on the command line."""
+    from public.data.crowns import crowns_paths
+
+    cfg = load_config("fcos/config.py", ["data=crowns"])
+    assert {k: getattr(cfg, k) for k in crowns_paths()} == crowns_paths()
+    for overrides in (["data=crowns", "val_images=/x"], ["val_images=/x", "data=crowns"]):
+        with pytest.raises(ValueError, match="data='crowns' sets the data paths, and val_images is given too"):
+            load_config("fcos/config.py", overrides)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from config import load_config
-from public.data.demo import DEMO_ROOT, ensure_demo_data
+from public.data.loaders import ensure_builtin_data
 from public.data.levels import FPN_STRIDES, LEVEL_NAMES, LevelRule, level_spread_hint, resized_box_sizes
 from public.data.validate import DatasetError, Validation, check_same_classes, validate_coco
 
@@ -134,8 +134,7 @@ def check(cfg, decode: bool = False, plot_to: str | None = None, out=sys.stdout)
         print(line, file=out)
 
     paths = {"train": (cfg.train_images, cfg.train_annotations), "val": (cfg.val_images, cfg.val_annotations)}
-    if any(Path(p).resolve().is_relative_to(DEMO_ROOT) for pair in paths.values() for p in pair):
-        ensure_demo_data()
+    ensure_builtin_data(cfg)  # the demo shapes or tree crowns, made on first use when the config points there
     mode = "decode" if decode else cfg.check_images
     reports = {name: validate_coco(images, annotations, "header" if mode == "off" else mode)
                for name, (images, annotations) in paths.items()}

@@ -6,7 +6,8 @@ from the others by both shape and base colour, and the background is low-contras
 texture so it is never mistaken for an object. It is generated deterministically from a
 seed on first use (a few seconds for 300 images) into `data/demo/` (git-ignored).
 
-Layout::
+Layout (the same for every built-in dataset: the helpers below write it, atomically, for
+this one and for the tree crowns of public/data/crowns.py)::
 
     data/demo/train/000000.png ...
     data/demo/val/000000.png ...
@@ -21,6 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -47,8 +49,15 @@ MIN_VISIBLE_FRACTION = 0.7      # a later object may hide at most 30% of an earl
 PLACEMENT_TRIES = 20
 
 
-def demo_paths(root: str | os.PathLike = DEMO_ROOT) -> dict[str, str]:
-    """Paths of the demo dataset's image folders and annotation files under `root`."""
+# ---- shared by the built-in datasets (this one and public/data/crowns.py) --------------------
+# One drawn image: RGB uint8 [H, W, 3] and its objects [(class_index, (x1, y1, x2, y2)), ...],
+# boxes in pixels with x2/y2 exclusive.
+DrawnImage = tuple[np.ndarray, list]
+
+
+def builtin_paths(root: str | os.PathLike) -> dict[str, str]:
+    """Paths of a built-in dataset's image folders and annotation files under `root` (the
+    layout in this module's docstring)."""
     root = Path(root)
     return {
         "train_images": str(root / "train"),
@@ -58,27 +67,26 @@ def demo_paths(root: str | os.PathLike = DEMO_ROOT) -> dict[str, str]:
     }
 
 
-def ensure_demo_data(
-    root: str | os.PathLike = DEMO_ROOT, num_train: int = 240, num_val: int = 60, seed: int = 0
-) -> dict[str, str]:
-    """Generate the demo dataset under `root` unless its annotation files already exist.
+def ensure_generated(root: str | os.PathLike, generate: Callable[[Path], None]) -> dict[str, str]:
+    """Run `generate(folder)` to make a built-in dataset under `root` unless its annotation
+    files already exist.
 
     The dataset is written to a temporary sibling folder and renamed into place, so a crash
     never leaves half a dataset and two concurrent processes (e.g. DDP ranks) both end up
-    with one complete copy. An existing dataset is reused as is, whatever `num_*`/`seed`
-    it was made with; delete the folder to regenerate.
+    with one complete copy. An existing dataset is reused as is, whatever it was made with;
+    delete the folder to regenerate.
 
     Returns:
-        `demo_paths(root)`.
+        `builtin_paths(root)`.
     """
     root = Path(root)
-    paths = demo_paths(root)
+    paths = builtin_paths(root)
     if _is_complete(paths):
         return paths
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-tmp-", dir=root.parent))
     try:
-        generate_demo_data(tmp, num_train, num_val, seed)
+        generate(tmp)
         try:
             os.replace(tmp, root)  # atomic; succeeds when `root` is absent or an empty dir
         except OSError:
@@ -99,37 +107,34 @@ def _is_complete(paths: dict[str, str]) -> bool:
     return os.path.isfile(paths["train_annotations"]) and os.path.isfile(paths["val_annotations"])
 
 
-def generate_demo_data(root: str | os.PathLike, num_train: int, num_val: int, seed: int) -> None:
-    """Write `num_train` + `num_val` images and their COCO json files under `root`.
+def write_builtin_data(
+    root: str | os.PathLike, num_train: int, num_val: int, seed: int,
+    draw_split: Callable[[np.random.Generator, int], Iterable[DrawnImage]],
+    category_ids: tuple[int, ...], class_names: tuple[str, ...], description: str,
+) -> None:
+    """Write `num_train` + `num_val` images drawn by `draw_split(rng, count)` and their COCO
+    json files under `root`.
 
     Each split has its own random stream derived from `seed`, so the val set does not
     change when `num_train` does. Same arguments -> byte-identical files.
     """
-    root = Path(root)
-    paths = demo_paths(root)
+    paths = builtin_paths(root)
     os.makedirs(Path(paths["train_annotations"]).parent, exist_ok=True)
     for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
         rng = np.random.default_rng([seed, split_index])
         images_dir = Path(paths[f"{split}_images"])
         images_dir.mkdir(parents=True, exist_ok=True)
-        dataset = _generate_split(rng, count, images_dir)
+        dataset = _write_split(draw_split(rng, count), images_dir, category_ids, class_names, description)
         with open(paths[f"{split}_annotations"], "w") as f:
             json.dump(dataset, f)
 
 
-def _generate_split(rng: np.random.Generator, count: int, images_dir: Path) -> dict:
-    """Draw `count` images into `images_dir`; return the split's COCO dict."""
-    num_negatives = max(1, round(NEGATIVE_FRACTION * count)) if count > 0 else 0
-    negative = np.zeros(count, dtype=bool)
-    negative[rng.choice(count, size=num_negatives, replace=False)] = True
-
+def _write_split(drawn: Iterable[DrawnImage], images_dir: Path, category_ids: tuple[int, ...],
+                 class_names: tuple[str, ...], description: str) -> dict:
+    """Save each drawn image as `images_dir/000000.png`, ...; return the split's COCO dict."""
     images, annotations = [], []
-    for index in range(count):
-        height, width = (int(v) for v in rng.integers(IMAGE_SIDE_RANGE[0], IMAGE_SIDE_RANGE[1] + 1, 2))
-        image = _background(rng, height, width)  # [H, W, 3] uint8 RGB
-        num_objects = 0 if negative[index] else int(rng.integers(1, MAX_OBJECTS + 1))
-        objects = _draw_objects(rng, image, num_objects)  # [(class_index, (x1, y1, x2, y2)), ...]
-
+    for index, (image, objects) in enumerate(drawn):
+        height, width = image.shape[:2]
         image_id = index + 1
         file_name = f"{index:06d}.png"
         cv2.imwrite(str(images_dir / file_name), image[:, :, ::-1])  # RGB -> BGR
@@ -139,19 +144,57 @@ def _generate_split(rng: np.random.Generator, count: int, images_dir: Path) -> d
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": image_id,
-                "category_id": DEMO_CATEGORY_IDS[class_index],
+                "category_id": category_ids[class_index],
                 "bbox": [float(x1), float(y1), float(w), float(h)],
                 "area": float(w * h),
                 "iscrowd": 0,
             })
-    categories = [{"id": cid, "name": name} for cid, name in zip(DEMO_CATEGORY_IDS, DEMO_CLASSES)]
     return {
-        "info": {"description": "densedet demo shapes"},
+        "info": {"description": description},
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": categories,
+        "categories": [{"id": cid, "name": name} for cid, name in zip(category_ids, class_names)],
     }
+
+
+# ---- the demo shapes ---------------------------------------------------------------------------
+def demo_paths(root: str | os.PathLike = DEMO_ROOT) -> dict[str, str]:
+    """Paths of the demo dataset's image folders and annotation files under `root`."""
+    return builtin_paths(root)
+
+
+def ensure_demo_data(
+    root: str | os.PathLike = DEMO_ROOT, num_train: int = 240, num_val: int = 60, seed: int = 0
+) -> dict[str, str]:
+    """Generate the demo dataset under `root` unless its annotation files already exist
+    (atomically, see `ensure_generated`); an existing dataset is reused as is, whatever
+    `num_*`/`seed` it was made with.
+
+    Returns:
+        `demo_paths(root)`.
+    """
+    return ensure_generated(root, lambda folder: generate_demo_data(folder, num_train, num_val, seed))
+
+
+def generate_demo_data(root: str | os.PathLike, num_train: int, num_val: int, seed: int) -> None:
+    """Write `num_train` + `num_val` images and their COCO json files under `root`
+    (deterministic per split, see `write_builtin_data`)."""
+    write_builtin_data(root, num_train, num_val, seed, _draw_split, DEMO_CATEGORY_IDS, DEMO_CLASSES,
+                       "densedet demo shapes")
+
+
+def _draw_split(rng: np.random.Generator, count: int) -> Iterable[DrawnImage]:
+    """Draw the `count` images of one split, one at a time."""
+    num_negatives = max(1, round(NEGATIVE_FRACTION * count)) if count > 0 else 0
+    negative = np.zeros(count, dtype=bool)
+    negative[rng.choice(count, size=num_negatives, replace=False)] = True
+    for index in range(count):
+        height, width = (int(v) for v in rng.integers(IMAGE_SIDE_RANGE[0], IMAGE_SIDE_RANGE[1] + 1, 2))
+        image = _background(rng, height, width)  # [H, W, 3] uint8 RGB
+        num_objects = 0 if negative[index] else int(rng.integers(1, MAX_OBJECTS + 1))
+        objects = _draw_objects(rng, image, num_objects)  # [(class_index, (x1, y1, x2, y2)), ...]
+        yield image, objects
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

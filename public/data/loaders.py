@@ -16,16 +16,33 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Seque
 
 from public.data.coco import CocoDetection
 from public.data.collate import collate
-from public.data.demo import DEMO_ROOT
+from public.data.crowns import CROWNS_ROOT, ensure_crowns_data
+from public.data.demo import DEMO_ROOT, ensure_demo_data
 from public.data.sampler import GroupedBatchSampler
 from public.data.seeding import EpochBatches, EpochSamples
 from public.data.transforms import build_transforms
 
 
+# The built-in datasets, generated on first use: root -> the function that makes it there.
+BUILTIN_DATA = {DEMO_ROOT: ensure_demo_data, CROWNS_ROOT: ensure_crowns_data}
+
+
+def builtin_roots(cfg) -> list[Path]:
+    """The roots of the built-in datasets (BUILTIN_DATA) that the config's data paths point into."""
+    paths = [Path(p).resolve() for p in (cfg.train_images, cfg.train_annotations, cfg.val_images, cfg.val_annotations)]
+    return [root for root in BUILTIN_DATA if any(p.is_relative_to(root) for p in paths)]
+
+
 def uses_demo_data(cfg) -> bool:
-    """Whether the config's data paths point into the built-in demo data (generated on first use)."""
-    paths = (cfg.train_images, cfg.train_annotations, cfg.val_images, cfg.val_annotations)
-    return any(Path(p).resolve().is_relative_to(DEMO_ROOT) for p in paths)
+    """Whether the config's data paths point into a built-in dataset (the demo shapes or the tree
+    crowns, generated on first use)."""
+    return bool(builtin_roots(cfg))
+
+
+def ensure_builtin_data(cfg) -> None:
+    """Generate each built-in dataset the config points into, unless it already exists."""
+    for root in builtin_roots(cfg):
+        BUILTIN_DATA[root]()
 
 
 def build_dataset(cfg, train: bool) -> CocoDetection:

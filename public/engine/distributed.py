@@ -97,12 +97,11 @@ def amp_dtype_of(cfg, device_type: str = "cuda") -> torch.dtype | None:
 
 
 def prepare_demo_data(cfg) -> None:
-    """Generate the built-in demo data if the config points into it (the main process, while
-    the others wait)."""
-    from public.data.demo import ensure_demo_data
-    from public.data.loaders import uses_demo_data
+    """Generate the built-in datasets the config points into, demo shapes or tree crowns (the
+    main process, while the others wait)."""
+    from public.data.loaders import ensure_builtin_data, uses_demo_data
 
     if uses_demo_data(cfg):
         if is_main_process():
-            ensure_demo_data()
+            ensure_builtin_data(cfg)
         barrier()
