@@ -141,3 +141,19 @@ def test_an_option_that_is_a_config_key_gets_the_key_value_hint(capsys):
         train_cli.main(["--epochs", "3"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().endswith("config keys are set as key=value, without dashes: epochs=3")
+
+
+def test_tools_run_as_files_from_another_folder(short_run, tmp_path):
+    """python path/to/tools/X.py works from any folder (the repository's modules are found):
+    the dataset check of the run's data, and the plot of its metrics."""
+    work_dir, common, _ = short_run
+    data = [key for key in common if key.split("=")[0] in ("train_images", "train_annotations", "val_images",
+                                                           "val_annotations")]
+    check = subprocess.run([sys.executable, str(REPO / "tools" / "check_dataset.py"), "--config",
+                            "fcos/config_demo.py", *data], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    assert "12 images" in check.stdout and "6 images" in check.stdout
+    plots = subprocess.run([sys.executable, str(REPO / "tools" / "plots.py"), str(work_dir), "--out", "c.png"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    assert (tmp_path / "c.png").stat().st_size > 10_000

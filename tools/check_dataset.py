@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):   # run as a file (python path/to/tools/x.py): the repository's modules first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from config import load_config
 from public.data.loaders import ensure_builtin_data
 from public.data.levels import FPN_STRIDES, LEVEL_NAMES, LevelRule, level_spread_hint, resized_box_sizes
