@@ -44,15 +44,13 @@ LIGHT = ["fpn_channels=64", "num_convs=2", "min_size=(320,)", "max_size=320", "t
 
 
 def data_keys(name: str) -> list[str]:
-    if name == "crowns":
-        from public.data.crowns import crowns_paths, ensure_crowns_data
-        ensure_crowns_data()
-        paths = crowns_paths()
-    else:
-        from public.data.demo import demo_paths, ensure_demo_data
-        ensure_demo_data()
-        paths = demo_paths()
-    return [f"{key}={value}" for key, value in paths.items()]
+    """The built-in dataset, generated now (not by two runs at once)."""
+    from public.data.loaders import BUILTIN_DATA
+    from config import BUILTIN_DATA as BY_NAME
+
+    root = Path(BY_NAME[name]()["train_images"]).parent
+    BUILTIN_DATA[root]()
+    return [f"data={name}"]
 
 
 def run_one(job: dict, threads: int) -> dict:
@@ -100,6 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--light", action="store_true", help="64-channel 2-conv head at 320 px (CPU campaigns)")
     parser.add_argument("--extra", nargs="*", default=[], help="more key=value for every run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each with cores / jobs threads)")
+    parser.add_argument("--threads", type=int, default=0, help="threads per run (default: cores / jobs)")
     parser.add_argument("--out", default="work_dirs/small_data/runs.jsonl")
     parser.add_argument("--table", metavar="JSONL", help="print the table of a finished campaign and exit")
     args = parser.parse_args(argv)
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
              "work_dir": str(out.parent / f"{args.data}_{Path(config).parent.name}_{variant}_{seed}")}
             for variant in args.variants for config in args.configs for seed in args.seeds
             if (args.data, config, variant, seed) not in done]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     print(f"{len(jobs)} runs, {args.jobs} at once with {threads} threads each; results in {out}", flush=True)
 
     def work(job):

@@ -1,12 +1,12 @@
 """What a run leaves to be watched: ``results.csv`` and ``results.png`` in its work dir (both
-rebuilt from ``metrics.jsonl`` after each evaluation), TensorBoard scalars (``tensorboard=True``),
+rebuilt from ``metrics.jsonl`` after each epoch), TensorBoard scalars (``tensorboard=True``),
 and a figure comparing runs:
 
     python -m tools.plots work_dirs/a work_dirs/b [--out compare.png]
 
-``metrics.jsonl`` holds one row per evaluation: ``epoch``, ``time`` (wall-clock seconds since
+``metrics.jsonl`` holds one row per epoch: ``epoch``, ``time`` (wall-clock seconds since
 the run started, carried over a resume), the mean training losses (``loss*``), ``lr`` (at the
-end of the epoch) and the 12 COCO stats. A row for epoch e supersedes every earlier row for
+end of the epoch) and, for an evaluated epoch, the 12 COCO stats. A row for epoch e supersedes every earlier row for
 epoch e or later (a resumed epoch replaces what an interrupted run had written), so
 ``results.csv`` and ``metrics.jsonl`` tell the same story.
 """
