@@ -174,6 +174,7 @@ def data(tmp_path_factory):
             f"val_images={root / 'val'}", f"val_annotations={root / 'annotations' / 'instances_val.json'}"]
 
 
+@pytest.mark.slow
 def test_forced_spike_and_collapse_are_reported(data, tmp_path, monkeypatch):
     """8 images at batch 1 for 3 epochs (24 steps) with EMA on; the loss of step 23 is multiplied
     by 1000 and the evaluations return mAP 0.30, 0.40, then nothing. The log names the spike's
@@ -220,3 +221,22 @@ def test_forced_spike_and_collapse_are_reported(data, tmp_path, monkeypatch):
     assert latest["ema"]["updates"] == 23                                            # 24 steps, one skipped
     assert any(not torch.equal(latest["train_model"][k], latest["model"][k]) for k in latest["model"])
     assert latest["spikes"]["spikes"] == 1 and [e[0] for e in latest["evaluations"]] == [1, 2]  # before epoch 3's
+
+
+@pytest.mark.parametrize("keys, clip, line", [
+    (["pretrained=False"], 35.0, "gradient clipping at norm 35 (clip_grad_norm=auto: from random init"),
+    (["pretrained=True"], 0.0, "gradient clipping at norm 0 (clip_grad_norm=auto: trained weights"),
+    (["pretrained=False", "clip_grad_norm=10"], 10.0, None),
+])
+def test_clip_grad_norm_auto_is_resolved_and_printed(keys, clip, line):
+    """clip_grad_norm=auto: 35 from random init, 0 with trained weights; an explicit value wins and
+    is not announced; ema_tau=auto is 2000 capped at a quarter of the run."""
+    from public.engine.train.resolve import resolve
+
+    cfg = load_config("fcos/config.py", keys + ["ema=0.999"])
+    resolution = resolve(cfg, 100, 1)                     # 6 iterations an epoch, 12 epochs: 72
+    assert resolution.values["clip_grad_norm"] == clip
+    assert resolution.values["ema_tau"] == 18
+    announced = [text for text in resolution.lines if text.startswith("gradient clipping")]
+    assert (len(announced) == 1 and announced[0].startswith(line)) if line else announced == []
+    assert any("EMA of the weights: decay 0.999 x (1 - exp(-updates / 18))" in text for text in resolution.lines)
