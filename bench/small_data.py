@@ -34,6 +34,10 @@ VARIANTS = {
     "ema": ["ema=0.999"],
     "aug": ["scale_jitter=(0.5,1.5)", "photometric=0.5", "vflip_prob=0.5", "rot90=True"],
     "ema_aug": ["ema=0.999", "scale_jitter=(0.5,1.5)", "photometric=0.5", "vflip_prob=0.5", "rot90=True"],
+    # a stress test: 4x the papers' lr (0.04 at a batch of 16), before and after
+    "lr4x_before": ["lr=0.04", "clip_grad_norm=0", "bias_lr_factor=1", "on_spike=warn"],
+    "lr4x": ["lr=0.04"],
+    "lr4x_noclip": ["lr=0.04", "clip_grad_norm=0"],
     "adamw": ["optimizer=adamw", "lr=0.004", "weight_decay=0.05", "scheduler=cosine", "bias_lr_factor=1"],
 }
 __doc__ += "".join(f"    {name}: {' '.join(keys) or '(nothing)'}\n" for name, keys in VARIANTS.items())
