@@ -28,6 +28,7 @@ def _worker(rank: int, world: int, port: int, images: str, annotations: str, out
     from public.engine.train.optim import LRScheduler, build_optimizer
     from public.data.loaders import build_loader
     from public.engine.train.loop import train_one_epoch
+    from public.engine.train.ema import ModelEMA
     from public.data.coco import CocoDetection
     from public.data.transforms import build_transforms
 
@@ -43,9 +44,12 @@ def _worker(rank: int, world: int, port: int, images: str, annotations: str, out
     initial = {k: v.clone() for k, v in model.named_parameters()}
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = build_optimizer(cfg, model)
+    ema = ModelEMA(model, 0.5, 1)                # after DDP's broadcast of rank 0's weights
     train_one_epoch(ddp, cfg.build_loss(), optimizer, LRScheduler(optimizer, cfg, len(loader)),
-                    torch.amp.GradScaler("cpu", enabled=False), loader, device, 0, cfg, None)
-    torch.save({"initial": initial, "final": dict(model.named_parameters())}, os.path.join(out_dir, f"rank{rank}.pt"))
+                    torch.amp.GradScaler("cpu", enabled=False), loader, device, 0, cfg, None, ema=ema)
+    torch.save({"initial": initial, "final": dict(model.named_parameters()),
+                "ema": dict(ema.module.named_parameters()), "ema_updates": ema.updates},
+               os.path.join(out_dir, f"rank{rank}.pt"))
     distributed.cleanup()
 
 
@@ -58,6 +62,12 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
         assert torch.equal(r0["final"][key], r1["final"][key]), key
     changed = [k for k in r0["final"] if not torch.equal(r0["final"][k], r0["initial"][k])]
     assert "head.cls_logits.weight" in changed and "backbone.body.conv1.weight" in changed
+    # The EMA, updated from the unwrapped model after each step, is the same on both processes
+    # (the replicas' weights were, at every step) and an average, not the weights themselves.
+    assert r0["ema_updates"] == r1["ema_updates"] == 2
+    for key in r0["ema"]:
+        assert torch.equal(r0["ema"][key], r1["ema"][key]), key
+    assert not torch.equal(r0["ema"]["head.cls_logits.weight"], r0["final"]["head.cls_logits.weight"])
 
 
 @pytest.mark.slow
