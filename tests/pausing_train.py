@@ -8,6 +8,7 @@ outside, so the production code carries no hook:
 - ``save:NAME:E``: inside the atomic write of checkpoint NAME of epoch E, with the temporary
   file written and not yet renamed.
 """
+import inspect
 import os
 import sys
 import time
@@ -37,11 +38,11 @@ def install(point: str, marker: str) -> None:
     elif kind == "eval":
         evaluate_epoch = loop.evaluate_epoch
 
-        def held_evaluation(*args):
-            args = list(args)
-            if args[10] == int(where):               # the epoch argument
-                args[2] = _hold_after_first(args[2], marker, point)  # the validation loader
-            return evaluate_epoch(*args)
+        def held_evaluation(*args, **keywords):
+            bound = inspect.signature(evaluate_epoch).bind(*args, **keywords)
+            if bound.arguments["epoch"] == int(where):
+                bound.arguments["val_loader"] = _hold_after_first(bound.arguments["val_loader"], marker, point)
+            return evaluate_epoch(*bound.args, **bound.kwargs)
         loop.evaluate_epoch = held_evaluation
     elif kind == "save":
         name, _, epoch = where.partition(":")

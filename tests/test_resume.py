@@ -121,7 +121,9 @@ def data(tmp_path_factory):
     return [f"train_images={root / 'train'}", f"train_annotations={root / 'annotations' / 'instances_train.json'}",
             f"val_images={root / 'val'}", f"val_annotations={root / 'annotations' / 'instances_val.json'}",
             "min_size=(64,80)", "max_size=96", "test_min_size=64", "batch_size=2", "epochs=2", "eval_interval=1",
-            "flops=False", "log_interval=1", "warmup_iters=2", "hflip_prob=0.5", "aspect_ratio_grouping=False"]
+            "flops=False", "log_interval=1", "warmup_iters=2", "hflip_prob=0.5", "aspect_ratio_grouping=False",
+            # the EMA of the weights and every augmentation on: their state and draws resume exactly too
+            "ema=0.9", "scale_jitter=(0.7,1.3)", "photometric=0.5", "vflip_prob=0.5", "rot90=True"]
 
 
 def _env() -> dict:
@@ -152,11 +154,17 @@ def train(args, pause_at: str = "", tmp: Path | None = None):
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
-    state_a = torch.load(a, weights_only=True)["model"]
-    state_b = torch.load(b, weights_only=True)["model"]
-    assert state_a.keys() == state_b.keys()
-    diffs = {k: (state_a[k].double() - state_b[k].double()).abs().max().item() for k in state_a}
-    assert max(diffs.values()) == 0, {k: d for k, d in diffs.items() if d}
+    """The same weights: the model (the EMA) and, in a latest.pth, the raw weights and the EMA's count."""
+    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    for name in ("model", "train_model"):
+        assert (name in a) == (name in b)
+        if name not in a:
+            continue
+        state_a, state_b = a[name], b[name]
+        assert state_a.keys() == state_b.keys()
+        diffs = {k: (state_a[k].double() - state_b[k].double()).abs().max().item() for k in state_a}
+        assert max(diffs.values()) == 0, {k: d for k, d in diffs.items() if d}
+    assert a.get("ema") == b.get("ema")
 
 
 def metric_rows(work_dir: Path) -> list[dict]:
@@ -169,6 +177,8 @@ def metric_rows(work_dir: Path) -> list[dict]:
 def reference(data, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("reference")
     train([*data, f"work_dir={work_dir}", "num_workers=0"])
+    latest = torch.load(work_dir / "latest.pth", weights_only=True)
+    assert latest["ema"]["updates"] == 6 and "train_model" in latest      # 2 epochs of 3 steps, EMA on
     return work_dir
 
 
