@@ -191,7 +191,7 @@ def train(cfg) -> float:
             best_map, best_epoch = evaluation(epoch + 1, losses, best_map, best_epoch)
     recorder.close()
     spikes = f"; {guard.spikes} loss spike(s), see the warnings" if guard.spikes else ""
-    summary, fell_back = watch.summary()
+    summary, fell_back = watch.summary(best_map, best_epoch)
     (logger.warning if fell_back else logger.info)("done: %s%s; checkpoints in %s", summary, spikes, work_dir)
     return best_map
 

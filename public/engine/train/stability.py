@@ -135,20 +135,23 @@ class CollapseWatch:
                     f"best.pth keeps epoch {best[0]}. If it does not recover: {ADVICE}")
         return None
 
-    def summary(self) -> tuple[str, bool]:
+    def summary(self, best_map: float | None = None, best_epoch: int | None = None) -> tuple[str, bool]:
         """The end-of-run line (best and last evaluation), and whether the run fell back after
-        its best epoch (the last under 0.8 x the best, or no detections left)."""
-        if not self.history:
+        its best epoch (the last under 0.8 x the best, or no detections left). ``best_map`` and
+        ``best_epoch``: the run's own record (best.pth's), when given; else the history's best."""
+        if not self.history and best_map is None:
             return "no evaluation", False
-        best = max(self.history, key=lambda h: h[1])
-        last = self.history[-1]
-        line = f"best mAP {best[1]:.4f} at epoch {best[0]}"
-        if last[0] == best[0]:
+        if best_map is None:
+            best_epoch, best_map, _ = max(self.history, key=lambda h: h[1])
+        best_detections = next((h[2] for h in self.history if h[0] == best_epoch), 1)
+        line = f"best mAP {best_map:.4f} at epoch {best_epoch}"
+        last = self.history[-1] if self.history else None
+        if last is None or last[0] == best_epoch:
             return line + " (the last evaluation)", False
         line += f", last {last[1]:.4f} at epoch {last[0]}"
-        if last[2] == 0 and best[2] > 0:
+        if last[2] == 0 and best_detections > 0:
             return line + f": the classifier collapsed (no detections at the end); {ADVICE}", True
-        if best[1] > 0 and last[1] < 0.8 * best[1]:
+        if best_map > 0 and last[1] < 0.8 * best_map:
             return line + f": the run fell back after its best epoch (best.pth keeps it); {ADVICE}", True
         return line, False
 
