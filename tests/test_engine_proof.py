@@ -35,10 +35,7 @@ CPU = torch.device("cpu")
 TINY_MODEL = ["backbone=resnet18", "pretrained=False", "fpn_channels=32", "num_convs=1"]
 
 
-# tests/conftest.py: one torch thread; train() writes results.csv but draws no results.png (1.4 s of
-# CPU an epoch, 3/4 of test_trainer_overfits_eight_images's 40 epochs; the figure is tested in
-# test_watch.py and test_cli.py, nothing here reads it)
-pytestmark = pytest.mark.usefixtures("one_thread", "no_results_figure")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
