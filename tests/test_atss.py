@@ -354,24 +354,21 @@ def test_model_shapes():
 # ---- end to end -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_overfit_small_atss(tmp_path):
-    from helpers import demo_subset, overfit
-    images, annotations = demo_subset(tmp_path, 4)
-    ap, seconds = overfit(DemoConfig(), images, annotations, steps=150)
+    """The demo ATSS overfits 4 demo images (``helpers.overfit_demo``)."""
+    from helpers import overfit_demo
+    ap, seconds = overfit_demo("atss", tmp_path)
     print(f"ATSS overfit: AP {ap:.3f} in {seconds:.0f}s")
     assert ap >= 0.9, ap
 
 
 @pytest.mark.slow
-def test_cli_trains_and_evaluates_atss(tmp_path):
-    """python train.py --config atss/config_demo.py: one short epoch writes the run's files, and
-    --evaluate of its best.pth reproduces the logged mAP."""
+def test_cli_trains_and_evaluates_atss(tmp_path, capsys):
+    """python train.py --config atss/config_demo.py (train.py's main, in this process): one short
+    epoch writes the run's files, and --evaluate of its best.pth reproduces the logged mAP."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
+    import train as train_cli
     from helpers import demo_subset
-    repo = Path(__file__).resolve().parents[1]
     train_images, train_json = demo_subset(tmp_path, 8, "train")
     val_images, val_json = demo_subset(tmp_path, 4, "val")
     work_dir = tmp_path / "run"
@@ -380,13 +377,14 @@ def test_cli_trains_and_evaluates_atss(tmp_path):
               "num_workers=0", "min_size=(128,)", "test_min_size=128", "flops=False", "warmup_iters=2",
               "log_interval=1", "epochs=1", "head_dcn=True"]
     for extra in ([], ["--evaluate", str(work_dir / "best.pth")]):
-        proc = subprocess.run([sys.executable, "train.py", *common, *extra], cwd=repo, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        capsys.readouterr()
+        code = train_cli.main([*common, *extra])
+        out, err = capsys.readouterr()
+        assert code == 0, out[-3000:] + err[-3000:]
         if not extra:
             for name in ("train.log", "metrics.jsonl", "latest.pth", "best.pth", "config.json"):
                 assert (work_dir / name).is_file(), name
             record = json.loads((work_dir / "metrics.jsonl").read_text().splitlines()[-1])
             assert record["epoch"] == 1 and all(k in record for k in ("mAP", "loss_cls", "loss_box", "loss_centerness"))
             assert json.loads((work_dir / "config.json").read_text())["positive_type"] == "ATSS"
-    assert f"mAP {record['mAP']:.4f}" in proc.stdout
+    assert f"mAP {record['mAP']:.4f}" in out

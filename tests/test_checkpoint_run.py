@@ -1,6 +1,11 @@
 """The checkpoint carries its run: test.py / train.py --evaluate / export.py take the config,
 val data and eval sizes from the checkpoint (or the exported .onnx) without --config, from any
-folder; reports go beside the checkpoint (eval/, eval_2/ ...)."""
+folder; reports go beside the checkpoint (eval/, eval_2/ ...).
+
+The run is the session's real ``python train.py`` process (``fcos_run`` in conftest.py, shared
+with test_cli.py). One ``python test.py`` runs as a process of its own, from another folder and
+without PYTHONPATH (what "from any folder" is about); the other commands call the scripts'
+``main`` in this process, in another folder (the same code, without ~4 s of imports each)."""
 import json
 import os
 import re
@@ -12,8 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import export as export_cli
+import train as train_cli
 from config import REPO_ROOT, RUN_EVAL_KEYS, find_config_file, load_config, load_run_config
-from public.data.demo import generate_demo_data
+from helpers import load_test_py
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
@@ -29,21 +36,25 @@ def printed_map(out: str) -> float:
     return float(re.findall(r"\bmAP (-?[0-9.]+)  mAR", out)[-1])
 
 
+def in_process(main, *args, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    """``python SCRIPT ARGS`` run in folder ``cwd`` as the script's ``main`` in this process:
+    (exit status, stdout, stderr)."""
+    before = os.getcwd()
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        os.chdir(before)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A 3-epoch run on its own tiny dataset (8 train / 6 val images) at 96 px; score_thresh=0 and
-    a high lr so that its mAP is above 0 (~0.01, best at epoch 2 of 3 with this seed)."""
-    tmp = tmp_path_factory.mktemp("own_run")
-    data = tmp / "data"
-    generate_demo_data(data, 8, 6, seed=3)
-    work_dir = tmp / "run"
-    proc = script("train.py", "--config", "fcos/config_demo.py", f"train_images={data / 'train'}",
-                  f"train_annotations={data / 'annotations' / 'instances_train.json'}", f"val_images={data / 'val'}",
-                  f"val_annotations={data / 'annotations' / 'instances_val.json'}", "min_size=96", "max_size=96",
-                  "test_min_size=96", "epochs=3", "batch_size=4", "num_workers=0", "flops=False", "eval_interval=1",
-                  "warmup_iters=2", "lr=0.01", "score_thresh=0.0", f"work_dir={work_dir}", cwd=REPO, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work_dir
+def run_dir(fcos_run):
+    """The work_dir of the session's run on its own tiny dataset (8 train / 6 val images) at 96 px,
+    2 epochs; score_thresh=0 and a high lr so that its mAP is above 0."""
+    return fcos_run[0]
 
 
 def best_epoch_map(run: Path) -> float:
@@ -61,7 +72,7 @@ def test_config_path_is_found_from_any_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_test_py_from_another_folder_reproduces_the_runs_map(run_dir, tmp_path):
+def test_test_py_from_another_folder_reproduces_the_runs_map(run_dir, tmp_path, monkeypatch, capsys):
     expected = best_epoch_map(run_dir)
     proc = script("test.py", "--checkpoint", run_dir / "best.pth", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -80,45 +91,51 @@ def test_test_py_from_another_folder_reproduces_the_runs_map(run_dir, tmp_path):
     assert round(float(stats[0]), 4) == round(expected, 4)
 
     # train.py --evaluate without --config: the same number, and no files.
-    proc = script("train.py", "--evaluate", run_dir / "best.pth", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"{printed_map(proc.stdout):.4f}" == f"{expected:.4f}"
+    code, out, err = in_process(train_cli.main, "--evaluate", run_dir / "best.pth", cwd=tmp_path,
+                                monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert f"{printed_map(out):.4f}" == f"{expected:.4f}"
     assert not (run_dir / "eval_2").exists() and not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
-def test_override_is_told_and_applied_and_reports_are_numbered(run_dir, tmp_path):
+def test_override_is_told_and_applied_and_reports_are_numbered(run_dir, tmp_path, monkeypatch, capsys):
     copy = tmp_path / "copy"
     copy.mkdir()
     shutil.copy(run_dir / "best.pth", copy / "best.pth")
-    first = script("test.py", "--checkpoint", copy / "best.pth", "score_thresh=0.3", cwd=tmp_path)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    line = next(l for l in first.stdout.splitlines() if l.startswith("run of "))
+    test_py = load_test_py().main
+    code, out, err = in_process(test_py, "--checkpoint", copy / "best.pth", "score_thresh=0.3", cwd=tmp_path,
+                                monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out[-3000:] + err[-3000:]
+    line = next(l for l in out.splitlines() if l.startswith("run of "))
     assert "overridden: score_thresh=0.3" in line
     detections = json.loads((copy / "eval" / "detections.json").read_text())
     assert all(d["score"] >= 0.3 for d in detections)
-    second = script("test.py", "--checkpoint", copy / "best.pth", cwd=tmp_path)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert (copy / "eval_2" / "detections.json").is_file() and "eval_2" in second.stdout
+    code, out, err = in_process(test_py, "--checkpoint", copy / "best.pth", cwd=tmp_path, monkeypatch=monkeypatch,
+                                capsys=capsys)
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert (copy / "eval_2" / "detections.json").is_file() and "eval_2" in out
     assert json.loads((copy / "eval" / "detections.json").read_text()) == detections   # not overwritten
     assert len(json.loads((copy / "eval_2" / "detections.json").read_text())) > len(detections)  # score_thresh=0
 
 
 @pytest.mark.slow
-def test_exported_onnx_carries_the_run(run_dir, tmp_path):
+def test_exported_onnx_carries_the_run(run_dir, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
     onnx_path = run_dir / "best.onnx"
-    proc = script("export.py", "--checkpoint", run_dir / "best.pth", "--out", onnx_path, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    code, out, err = in_process(export_cli.main, "--checkpoint", run_dir / "best.pth", "--out", onnx_path,
+                                cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out[-3000:] + err[-3000:]
     from public.engine.export.runtime import read_metadata
     meta = read_metadata(onnx_path)
     assert meta["model_type"] == "fcos.config" and meta["config"]["test_min_size"] == 96
-    out = tmp_path / "onnx_eval"
-    proc = script("test.py", "--checkpoint", onnx_path, "--out", out, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "test_min_size=96 max_size=96" in proc.stdout
-    assert abs(printed_map(proc.stdout) - best_epoch_map(run_dir)) <= 1e-3
-    assert (out / "detections.json").is_file()
+    report = tmp_path / "onnx_eval"
+    code, out, err = in_process(load_test_py().main, "--checkpoint", onnx_path, "--out", report, cwd=tmp_path,
+                                monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "test_min_size=96 max_size=96" in out
+    assert abs(printed_map(out) - best_epoch_map(run_dir)) <= 1e-3
+    assert (report / "detections.json").is_file()
 
 
 def test_stored_config_gives_the_class_and_values_and_explicit_config_keeps_the_runs_data(tmp_path):
@@ -141,7 +158,7 @@ def test_stored_config_gives_the_class_and_values_and_explicit_config_keeps_the_
            [str(tmp_path), str(tmp_path / "val.json"), 100, 170, cfg.resize_mode, cfg.test_resize, cfg.size_divisible]
 
 
-def test_missing_val_data_is_one_line_naming_the_path_and_keys(tmp_path):
+def test_missing_val_data_is_one_line_naming_the_path_and_keys(tmp_path, monkeypatch, capsys):
     from public.data.demo import DEMO_CATEGORY_IDS, DEMO_CLASSES
     from public.engine.runs.checkpoint import save_checkpoint
     cfg = load_config("fcos/config_demo.py", [f"val_images={tmp_path / 'gone'}",
@@ -151,9 +168,10 @@ def test_missing_val_data_is_one_line_naming_the_path_and_keys(tmp_path):
     save_checkpoint({"format": "densedet", "model_type": "fcos.config", "config": cfg.to_dict(),
                      "model": model.state_dict(), "epoch": 1, "best_map": 0.0,
                      "classes": {"names": list(DEMO_CLASSES), "category_ids": list(DEMO_CATEGORY_IDS)}}, path)
-    proc = script("test.py", "--checkpoint", path, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    errors = [l for l in proc.stderr.splitlines() if l.strip()]
+    code, out, err = in_process(load_test_py().main, "--checkpoint", path, cwd=tmp_path, monkeypatch=monkeypatch,
+                                capsys=capsys)
+    assert code == 1, out[-3000:] + err[-3000:]                 # python test.py's exit status
+    errors = [l for l in err.splitlines() if l.strip()]
     assert len(errors) == 1 and str(tmp_path / "gone" / "val.json") in errors[0]
     assert "val_images=" in errors[0] and "val_annotations=" in errors[0]
     assert not (tmp_path / "eval").exists()

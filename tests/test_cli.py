@@ -1,6 +1,11 @@
 """Command line: a short training run writes its files, --evaluate reproduces the best mAP,
-and a run resumed from latest.pth continues at the next epoch."""
+and a run resumed from latest.pth continues at the next epoch.
+
+The run is the session's real ``python train.py`` process (``fcos_run`` in conftest.py, shared
+with test_checkpoint_run.py); the commands that follow it call train.py's ``main`` in this
+process (the same code, without the ~4 s of imports of a new process)."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,29 +13,24 @@ from pathlib import Path
 import pytest
 import torch
 
+import train as train_cli
 from config import load_config
-from helpers import demo_subset, with_coco_names
+from helpers import with_coco_names
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(args, cwd=REPO):
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+def run(args, capsys) -> str:
+    """``python train.py ARGS`` in this process; its stdout."""
+    capsys.readouterr()
+    assert train_cli.main(args) == 0
+    return capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
-    train_images, train_json = demo_subset(tmp, 12, "train")
-    val_images, val_json = demo_subset(tmp, 6, "val")
-    work_dir = tmp / "run"
-    common = [f"train_images={train_images}", f"train_annotations={train_json}", f"val_images={val_images}",
-              f"val_annotations={val_json}", f"work_dir={work_dir}", "batch_size=4", "num_workers=0",
-              "min_size=(128,)", "test_min_size=128", "flops=False", "warmup_iters=2", "log_interval=1"]
-    out = run(["--config", "fcos/config_demo.py", *common, "epochs=2", "eval_interval=1", "tensorboard=True"])
-    return work_dir, common, out
+def short_run(fcos_run):
+    """(work_dir, key=value arguments, stdout) of the session's train.py run (conftest.py)."""
+    return fcos_run
 
 
 @pytest.mark.slow
@@ -49,7 +49,7 @@ def test_run_writes_log_metrics_and_checkpoints(short_run):
 
 
 @pytest.mark.slow
-def test_evaluate_reproduces_best_map(short_run):
+def test_evaluate_reproduces_best_map(short_run, capsys):
     work_dir, common, _ = short_run
     records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
     best = max(r["mAP"] for r in records)
@@ -59,7 +59,7 @@ def test_evaluate_reproduces_best_map(short_run):
     result = evaluate_checkpoint(cfg, str(work_dir / "best.pth"))
     assert result.stats[0] == best                       # exactly, not approximately
     assert len(result.per_class) == 5
-    out = run(["--config", "fcos/config_demo.py", *common, "--evaluate", str(work_dir / "best.pth")])
+    out = run(["--config", "fcos/config_demo.py", *common, "--evaluate", str(work_dir / "best.pth")], capsys)
     assert f"mAP {best:.4f}" in out and "per-class AP" in out
 
 
@@ -81,7 +81,7 @@ def test_run_writes_results_and_tensorboard_from_its_metrics(short_run):
     events = EventAccumulator(str(work_dir / "tensorboard"))
     events.Reload()
     steps = [e.step for e in events.Scalars("train_iter/loss_cls")]
-    assert steps == list(range(1, 7))                                  # 3 iterations per epoch, logged each
+    assert steps == list(range(1, 5))                                  # 2 iterations per epoch, logged each
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("train/loss_cls")] == [  # the epoch axis
         (r["epoch"], round(r["loss_cls"], 6)) for r in records]
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("val/mAP")] == [
@@ -90,9 +90,10 @@ def test_run_writes_results_and_tensorboard_from_its_metrics(short_run):
 
 
 @pytest.mark.slow
-def test_resume_continues_at_next_epoch(short_run):
-    work_dir, common, _ = short_run
-    out = run(["--config", "fcos/config_demo.py", *common, "epochs=3", "resume=auto"])
+def test_resume_continues_at_next_epoch(short_run, tmp_path, capsys):
+    work_dir = shutil.copytree(short_run[0], tmp_path / "run")       # the shared run stays as it was
+    common = [f"work_dir={work_dir}" if key.startswith("work_dir=") else key for key in short_run[1]]
+    out = run(["--config", "fcos/config_demo.py", *common, "epochs=3", "resume=auto"], capsys)
     assert "resumed from" in out and "at epoch 3" in out
     assert "epoch 1/3" not in out and "epoch 3/3" in out
     records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
@@ -102,14 +103,14 @@ def test_resume_continues_at_next_epoch(short_run):
     assert torch.load(work_dir / "latest.pth", weights_only=True)["epoch"] == 3
 
 
-def test_bad_override_is_a_clear_error():
-    proc = subprocess.run([sys.executable, "train.py", "epochz=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "unknown config key 'epochz'" in proc.stderr and "epochs" in proc.stderr
+def test_bad_override_is_a_clear_error(capsys):
+    assert train_cli.main(["epochz=3"]) == 2             # python train.py's exit status
+    err = capsys.readouterr().err
+    assert "unknown config key 'epochz'" in err and "epochs" in err
 
 
 @pytest.mark.slow
-def test_evaluate_accepts_a_torchvision_state_dict(short_run, tmp_path):
+def test_evaluate_accepts_a_torchvision_state_dict(short_run, tmp_path, capsys):
     """A torchvision fcos_resnet50_fpn file is recognised, converted, and run with its settings."""
     from torchvision.models.detection import fcos_resnet50_fpn
     _, common, _ = short_run
@@ -117,14 +118,13 @@ def test_evaluate_accepts_a_torchvision_state_dict(short_run, tmp_path):
     torch.save(fcos_resnet50_fpn(weights=None, weights_backbone=None).state_dict(), path)
     val_json = with_coco_names(next(c for c in common if c.startswith("val_annotations="))[16:], tmp_path)
     out = run(["--config", "fcos/config.py", *[c for c in common if not c.startswith(("work_dir", "val_annotations"))],
-               f"val_annotations={val_json}", "--evaluate", str(path)])
+               f"val_annotations={val_json}", "--evaluate", str(path)], capsys)
     assert "converted foreign checkpoint" in out and "'location_offset': 0.0" in out
     assert "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]" in out and "per-class AP" in out
 
 
 def test_ctrl_c_is_one_line_saying_how_to_resume(monkeypatch, capsys, tmp_path):
     import public.engine.train.loop as loop
-    import train as train_cli
 
     def interrupted(cfg):
         raise KeyboardInterrupt
@@ -136,24 +136,38 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(monkeypatch, capsys, tmp_path):
 
 
 def test_an_option_that_is_a_config_key_gets_the_key_value_hint(capsys):
-    import train as train_cli
     with pytest.raises(SystemExit) as stop:
         train_cli.main(["--epochs", "3"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().endswith("config keys are set as key=value, without dashes: epochs=3")
 
 
-def test_tools_run_as_files_from_another_folder(short_run, tmp_path):
+def test_tools_run_as_files_from_another_folder(tmp_path):
     """python path/to/tools/X.py works from any folder (the repository's modules are found):
-    the dataset check of the run's data, and the plot of its metrics."""
-    work_dir, common, _ = short_run
-    data = [key for key in common if key.split("=")[0] in ("train_images", "train_annotations", "val_images",
-                                                           "val_annotations")]
-    check = subprocess.run([sys.executable, str(REPO / "tools" / "check_dataset.py"), "--config",
-                            "fcos/config_demo.py", *data], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
-    assert "12 images" in check.stdout and "6 images" in check.stdout
-    plots = subprocess.run([sys.executable, str(REPO / "tools" / "plots.py"), str(work_dir), "--out", "c.png"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert plots.returncode == 0, plots.stderr[-2000:]
-    assert (tmp_path / "c.png").stat().st_size > 10_000
+    the dataset check of a generated dataset, and the plot of a run's metrics.jsonl (written
+    here as the trainer writes it: the figure's content is test_watch.py's). The two processes
+    run side by side."""
+    from public.data.demo import builtin_paths, generate_demo_data
+    from public.engine.evaluate.evaluator import STAT_NAMES
+
+    generate_demo_data(tmp_path / "data", 4, 3, seed=3)
+    data = [f"{key}={value}" for key, value in builtin_paths(tmp_path / "data").items()]
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    rows = [{"epoch": epoch, **{name: round(0.1 * epoch + 0.01 * k, 4) for k, name in enumerate(STAT_NAMES)},
+             "loss": 3.0 / epoch, "loss_cls": 1.0 / epoch, "loss_box": 1.5 / epoch, "loss_centerness": 0.5 / epoch,
+             "lr": 0.01 / epoch, "time": 10.0 * epoch} for epoch in (1, 2)]
+    (work_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    check = subprocess.Popen([sys.executable, str(REPO / "tools" / "check_dataset.py"), "--config",
+                              "fcos/config_demo.py", *data], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    plots = subprocess.Popen([sys.executable, str(REPO / "tools" / "plots.py"), str(work_dir), "--out", "c.png"],
+                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    check_out, check_err = check.communicate(timeout=300)
+    _, plots_err = plots.communicate(timeout=300)
+    assert check.returncode == 0, check_out[-2000:] + check_err[-2000:]
+    assert "4 images" in check_out and "3 images" in check_out
+    assert plots.returncode == 0, plots_err[-2000:]
+    assert (cwd / "c.png").stat().st_size > 10_000

@@ -35,7 +35,10 @@ CPU = torch.device("cpu")
 TINY_MODEL = ["backbone=resnet18", "pretrained=False", "fpn_channels=32", "num_convs=1"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+# tests/conftest.py: one torch thread; train() writes results.csv but draws no results.png (1.4 s of
+# CPU an epoch, 3/4 of test_trainer_overfits_eight_images's 40 epochs; the figure is tested in
+# test_watch.py and test_cli.py, nothing here reads it)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_results_figure")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import torch
 
 from fcos.config_demo import Config as DemoConfig
 from fcos.loss import FCOSLoss, fcos_assign, level_size_bounds
-from helpers import demo_subset, overfit
 
 
 def test_assignment_by_hand():
@@ -62,9 +61,9 @@ def test_empty_batch_gives_zero_box_loss():
 
 @pytest.mark.slow
 def test_overfit_small_fcos(tmp_path):
-    images, annotations = demo_subset(tmp_path, 4)
-    cfg = DemoConfig()
-    ap, seconds = overfit(cfg, images, annotations, steps=200)
+    """The demo FCOS overfits 4 demo images (``helpers.overfit_demo``)."""
+    from helpers import overfit_demo
+    ap, seconds = overfit_demo("fcos", tmp_path)
     print(f"FCOS overfit: AP {ap:.3f} in {seconds:.0f}s")
     assert ap >= 0.9, ap
 

@@ -76,7 +76,7 @@ def test_retinanet_from_scratch_builds_groupnorm_towers():
 
 
 @pytest.mark.slow
-def test_auto_head_norm_takes_the_checkpoint_value(tmp_path, capsys):
+def test_auto_head_norm_takes_the_checkpoint_value(tmp_path, capsys, no_results_figure):
     """A RetinaNet trained from scratch (auto: GN) stores GN; scoring it with the stock config
     (pretrained=True, auto: plain) builds GN towers from the checkpoint; resuming it keeps GN
     without a warning; an explicit other value is refused, naming the key."""
@@ -279,7 +279,7 @@ def test_resume_takes_the_stored_values_not_a_new_resolution():
                                        "(this command asks for batch_size=8)")
 
 
-def test_a_run_logs_and_stores_the_resolved_values(tmp_path):
+def test_a_run_logs_and_stores_the_resolved_values(tmp_path, no_results_figure):
     from helpers import demo_subset
     from public.engine.train.loop import train
     images, annotations = demo_subset(tmp_path, 6, "train")

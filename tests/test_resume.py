@@ -130,27 +130,36 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-def train(args, pause_at: str = "", tmp: Path | None = None):
-    """Run train.py to the end, or (``pause_at``) until it reaches that point, then SIGKILL it."""
-    cmd = [sys.executable, "train.py", "--config", "fcos/config_demo.py", *args]
+def start(args, log: Path, pause_at: str = "", marker: Path | None = None) -> subprocess.Popen:
+    """train.py ARGS as a process of its own (in a new session, so that it can be killed with its
+    data-loader workers), its output in ``log``; held at ``pause_at`` (tests/pausing_train.py)."""
+    cmd = ["train.py", "--config", "fcos/config_demo.py", *args]
+    if pause_at:
+        cmd = ["tests/pausing_train.py", pause_at, str(marker), *cmd[1:]]
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, *cmd], cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+
+def train(args, tmp: Path, pause_at: str = ""):
+    """Run train.py to the end, or (``pause_at``) until it reaches that point, then SIGKILL it
+    (and its data-loader workers); its output (kept in ``tmp``)."""
+    name = pause_at.replace(":", "_") or "end"
+    log, marker = tmp / f"{name}.log", tmp / f"paused_{name}"
+    proc = start(args, log, pause_at, marker)
     if not pause_at:
-        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc.stdout
-    marker = tmp / f"paused_{pause_at.replace(':', '_')}"
-    cmd = [sys.executable, "tests/pausing_train.py", pause_at, str(marker), *cmd[2:]]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        return log.read_text()
     deadline = time.monotonic() + 300
     while not marker.exists():
-        assert proc.poll() is None, f"train.py ended before {pause_at}:\n" + proc.stdout.read()[-3000:]
+        assert proc.poll() is None, f"train.py ended before {pause_at}:\n" + log.read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    out = proc.stdout.read()
     assert proc.returncode == -signal.SIGKILL
-    return out
+    return log.read_text()
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -175,44 +184,50 @@ def metric_rows(work_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("reference")
-    train([*data, f"work_dir={work_dir}", "num_workers=0"])
-    latest = torch.load(work_dir / "latest.pth", weights_only=True)
-    assert latest["ema"]["updates"] == 6 and "train_model" in latest      # 2 epochs of 3 steps, EMA on
-    return work_dir
+    """An uninterrupted run without workers, started in the background (one process on the other
+    core while the test kills and resumes its run); calling the fixture's value waits for it and
+    returns its work_dir."""
+    work_dir, log = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("reference_log") / "out.log"
+    proc = start([*data, f"work_dir={work_dir}", "num_workers=0"], log)
+
+    def finished() -> Path:
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        latest = torch.load(work_dir / "latest.pth", weights_only=True)
+        assert latest["ema"]["updates"] == 6 and "train_model" in latest      # 2 epochs of 3 steps, EMA on
+        return work_dir
+
+    yield finished
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.slow
 def test_killed_in_evaluation_epoch_and_checkpoint_write_resumes_exactly(data, reference, tmp_path):
+    """Killed inside an evaluation, inside an epoch and inside a checkpoint write, and resumed each
+    time: the weights, EMA and metric rows of the uninterrupted run. The resumed runs alternate 2
+    data-loader workers and none against the reference's none: augmentation depends on (seed,
+    epoch, image), not on the process that loads the image, so workers change nothing either,
+    also when killed (epoch 2, redone in the last run, is loaded by the workers)."""
     work_dir = tmp_path / "run"
-    args = [*data, f"work_dir={work_dir}", "num_workers=0"]
+    args = [*data, f"work_dir={work_dir}"]
     # 1. inside the evaluation of epoch 1 (latest.pth of epoch 1 is already written)
-    train(args, "eval:1", tmp_path)
+    train([*args, "num_workers=0"], tmp_path, "eval:1")
     assert torch.load(work_dir / "latest.pth", weights_only=True)["eval_pending"] is True
     assert not (work_dir / "metrics.jsonl").exists()
-    # 2. resumed (epoch 1's evaluation is redone first), killed inside epoch 2 (iteration 2 of 3)
-    out = train([*args, "resume=auto"], "iter:5", tmp_path)
+    # 2. resumed with workers (epoch 1's evaluation is redone first), killed inside epoch 2 (iteration 2 of 3)
+    out = train([*args, "num_workers=2", "resume=auto"], tmp_path, "iter:5")
     assert "resumed from" in out and "evaluating epoch 1 first" in out
     assert [r["epoch"] for r in metric_rows(work_dir)] == [1]
     # 3. resumed, killed inside the write of epoch 2's latest.pth: a *.tmp is left, latest.pth intact
-    train([*args, "resume=auto"], "save:latest.pth:2", tmp_path)
+    train([*args, "num_workers=0", "resume=auto"], tmp_path, "save:latest.pth:2")
     assert list(work_dir.glob("*.tmp")) and torch.load(work_dir / "latest.pth", weights_only=True)["epoch"] == 1
-    # 4. resumed to the end
-    out = train([*args, "resume=auto"])
+    # 4. resumed with workers to the end
+    out = train([*args, "num_workers=2", "resume=auto"], tmp_path)
     assert "interrupted checkpoint write" in out
-    assert_same_weights(work_dir / "latest.pth", reference / "latest.pth")
-    assert_same_weights(work_dir / "best.pth", reference / "best.pth")
-    assert metric_rows(work_dir) == metric_rows(reference)          # each epoch once, the same numbers
+    reference_dir = reference()
+    assert_same_weights(work_dir / "latest.pth", reference_dir / "latest.pth")
+    assert_same_weights(work_dir / "best.pth", reference_dir / "best.pth")
+    assert metric_rows(work_dir) == metric_rows(reference_dir)      # each epoch once, the same numbers
     assert not list(work_dir.glob("*.tmp"))
-
-
-@pytest.mark.slow
-def test_worker_processes_do_not_change_the_run_and_resume_exactly(data, reference, tmp_path):
-    """Augmentation depends on (seed, epoch, image), not on the process that loads the image:
-    two workers give the weights of the in-process run, also when killed and resumed."""
-    work_dir = tmp_path / "run"
-    args = [*data, f"work_dir={work_dir}", "num_workers=2"]
-    train(args, "iter:4", tmp_path)          # first step of epoch 2
-    train([*args, "resume=auto"])
-    assert_same_weights(work_dir / "latest.pth", reference / "latest.pth")
-    assert metric_rows(work_dir) == metric_rows(reference)

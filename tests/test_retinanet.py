@@ -14,7 +14,7 @@ from public.ops import assign_max_iou as matcher_module
 from public.ops.anchors import grid_anchors, retinanet_anchor_sizes
 from public.ops.box_coder import decode_deltas, encode_deltas
 from public.ops.assign_max_iou import max_iou_assign, max_iou_assign_sparse
-from helpers import demo_subset, load_converted, overfit, perturb_for_oracle, random_targets, with_coco_names
+from helpers import demo_subset, load_converted, perturb_for_oracle, random_targets, with_coco_names
 from retinanet.config import Config
 from retinanet.config_demo import Config as DemoConfig
 from public.models.torchvision_compat import TORCHVISION_PREPROCESSING
@@ -397,26 +397,27 @@ def test_demo_model_shapes_and_empty_batch():
 
 @pytest.mark.slow
 def test_overfit_small_retinanet(tmp_path):
-    images, annotations = demo_subset(tmp_path, 4)
-    cfg = DemoConfig()
-    ap, seconds = overfit(cfg, images, annotations, steps=150)  # AP 1.0 from ~100 steps
+    """The demo RetinaNet overfits 4 demo images (``helpers.overfit_demo``)."""
+    from helpers import overfit_demo
+    ap, seconds = overfit_demo("retinanet", tmp_path)
     print(f"RetinaNet overfit: AP {ap:.3f} in {seconds:.0f}s")
     assert ap >= 0.9, ap
 
 
 @pytest.mark.slow
-def test_cli_trains_and_evaluates_a_torchvision_file(tmp_path):
-    """train.py runs RetinaNet end to end, and --evaluate converts torchvision's v2 file."""
+def test_cli_trains_and_evaluates_a_torchvision_file(tmp_path, capsys):
+    """train.py runs RetinaNet end to end, and --evaluate converts torchvision's v2 file (train.py's
+    main, in this process)."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
+
+    import train as train_cli
 
     def run(args):
-        proc = subprocess.run([sys.executable, "train.py", *args], cwd=Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc.stdout
+        capsys.readouterr()
+        code = train_cli.main(args)
+        out, err = capsys.readouterr()
+        assert code == 0, out[-3000:] + err[-3000:]
+        return out
 
     train_images, train_json = demo_subset(tmp_path, 8, "train")
     val_images, val_json = demo_subset(tmp_path, 4, "val")

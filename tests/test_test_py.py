@@ -5,8 +5,6 @@ import importlib.util
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -275,16 +273,18 @@ def test_mismatched_checkpoint_is_a_clear_error(checkpoint, tmp_path, capsys):
 
 # ---- command line -----------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_cli_evaluation_report(checkpoint, tmp_path):
+def test_cli_evaluation_report(checkpoint, tmp_path, capsys):
+    """python test.py --config ... --checkpoint ... --save-thresholds (test.py's main, in this
+    process): the report's text, files and numbers."""
     images_dir, annotations = demo_subset(tmp_path, 4, "val")
     ckpt = tmp_path / "copy.pth"
     ckpt.write_bytes(checkpoint.read_bytes())
     work_dir = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, "test.py", "--config", "fcos/config_demo.py", "--checkpoint", str(ckpt),
-                           f"val_images={images_dir}", f"val_annotations={annotations}", f"work_dir={work_dir}",
-                           "--save-thresholds", *LOW], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    capsys.readouterr()
+    code = load_test_cli().main(["--config", "fcos/config_demo.py", "--checkpoint", str(ckpt), f"val_images={images_dir}",
+                                 f"val_annotations={annotations}", f"work_dir={work_dir}", "--save-thresholds", *LOW])
+    out, err = capsys.readouterr()
+    assert code == 0, out[-3000:] + err[-3000:]
     for text in ("AP @[IoU=0.50:0.95 | area=   all | maxDets=100]", "per-class AP (weakest first)",
                  "per-class score thresholds", "ms/image", "images/s"):
         assert text in out, text
