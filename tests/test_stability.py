@@ -165,6 +165,50 @@ def test_ema_equals_the_average_by_hand():
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["bf16_autocast", "bf16_autocast_grad_scaler"])
+def test_ema_under_mixed_precision_averages_the_float32_weights(monkeypatch, scaled):
+    """train_one_epoch with autocast (bfloat16, what amp=True runs on a CPU) and EMA on: the EMA is
+    the float64 hand average of the float32 weights after each step, and stays float32. With a
+    loss scale (the float16 path on GPUs) the average is of the unscaled weights."""
+    cfg = load_config("fcos/config_demo.py", ["log_interval=1", "warmup_iters=0", "clip_grad_norm=0"])
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 2, 3)
+    ema = ModelEMA(model, decay=0.8, tau=1.5)
+    hand = {k: v.double().clone() for k, v in model.state_dict().items()}
+    seen = []
+
+    def loss_fn(outputs, targets):
+        assert outputs.dtype == torch.bfloat16                                # autocast was on
+        if seen:                                                              # the weights after the last step
+            fold(len(seen))
+        seen.append(1)
+        return {"loss_cls": outputs.float().square().mean()}
+
+    def fold(t):
+        d = 0.8 * (1 - math.exp(-t / 1.5))
+        for key, value in model.state_dict().items():
+            hand[key] = d * hand[key] + (1 - d) * value.double()
+
+    class Batch:
+        def __init__(self):
+            self.images = torch.rand(2, 3, 8, 8)
+            self.targets = torch.zeros(2, 0, 5)
+            self.image_ids = torch.tensor([1, 2])
+
+    optimizer = build_optimizer(cfg, model)
+    scheduler = LRScheduler(optimizer, cfg, 5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=scaled)
+    monkeypatch.setattr(loop, "Prefetcher", lambda loader, device, channels_last: loader)
+    loop.train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, [Batch() for _ in range(5)],
+                         torch.device("cpu"), 0, cfg, torch.bfloat16, ema=ema)
+    fold(5)
+    assert ema.updates == 5
+    for key, value in ema.module.state_dict().items():
+        assert value.dtype == torch.float32, key
+        assert torch.allclose(value.double(), hand[key], rtol=0, atol=1e-6), key
+        assert not torch.allclose(value, model.state_dict()[key])
+
 # ---- a real train(): forced spike, forced collapse, EMA saved as the model -------------------------
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
