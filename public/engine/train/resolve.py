@@ -137,6 +137,14 @@ def resolve(cfg, num_train_images: int, world_size: int = 1) -> Resolution:
     if cfg.ema > 0:
         lines.append(f"EMA of the weights: decay {cfg.ema:g} x (1 - exp(-updates / {tau}))"
                      + (" (ema_tau=auto: 2000, at most a quarter of the run)" if cfg.ema_tau == "auto" else ""))
+        horizon = 1 / (1 - cfg.ema) if cfg.ema < 1 else float("inf")
+        if horizon > total_iters / 4:
+            suggested = 1 - 10 / total_iters if total_iters > 10 else 0.0
+            warnings.append(f"ema={cfg.ema:g} averages over ~{horizon:.0f} iterations, more than a quarter of this "
+                            f"run's {total_iters}: the average lags the model it follows (12 epochs on the tree "
+                            f"crowns: ema=0.999 scored 0.098 mAP against 0.112 without); "
+                            + (f"ema={suggested:.2f} averages over a tenth of the run" if suggested > 0 else
+                               "this run is too short for an average"))
 
     # ---- lr steps -------------------------------------------------------------------------
     steps = step_epochs(cfg.lr_steps, cfg.epochs)
