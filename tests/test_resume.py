@@ -5,8 +5,10 @@ The process is held at a named point (tests/pausing_train.py wraps the engine's 
 stop there), the test sees the marker file and sends SIGKILL from outside, as a crash or
 `kill -9` would.
 """
+import copy
 import io
 import json
+import logging
 import os
 import random
 import signal
@@ -231,3 +233,46 @@ def test_killed_in_evaluation_epoch_and_checkpoint_write_resumes_exactly(data, r
     assert_same_weights(work_dir / "best.pth", reference_dir / "best.pth")
     assert metric_rows(work_dir) == metric_rows(reference_dir)      # each epoch once, the same numbers
     assert not list(work_dir.glob("*.tmp"))
+
+
+# ---- a latest.pth of an earlier version --------------------------------------------------------
+@pytest.mark.parametrize("optimizer,weight_decay_1d", [("sgd", False), ("adamw", False), ("sgd", True)])
+def test_optimizer_state_of_the_two_group_layout_moves_to_its_parameters(optimizer, weight_decay_1d, caplog):
+    """latest.pth written before biases had their own group: the optimizer then had two groups
+    (decayed weights, then every 1-D / 0-D parameter; one holding everything with
+    weight_decay_1d). Each parameter's momentum (SGD) or moments (AdamW) reach the same parameter
+    in this version's three groups; another layout is an error naming the file."""
+    from torch import nn
+
+    from config import load_config
+    from public.engine.runs.resume import load_optimizer_state
+    from public.engine.train.optim import build_optimizer
+    from public.models.head import Scale
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1), Scale(1.0))
+    params = list(model.parameters())
+    old_groups = ([{"params": params, "weight_decay": 1e-4}, {"params": [], "weight_decay": 0.0}] if weight_decay_1d
+                  else [{"params": [p for p in params if p.ndim > 1], "weight_decay": 1e-4},
+                        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}])
+    old = (torch.optim.SGD(old_groups, lr=0.1, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.AdamW(old_groups, lr=0.01))
+    for _ in range(3):
+        old.zero_grad()
+        model(torch.rand(2, 3, 6, 6)).square().mean().backward()
+        old.step()
+    saved = copy.deepcopy(old.state_dict())
+    cfg = load_config("fcos/config.py", [f"optimizer={optimizer}", f"weight_decay_1d={weight_decay_1d}"])
+    new = build_optimizer(cfg, model)
+    assert [len(g["params"]) for g in new.param_groups] == [2, 3, 2]      # weights, biases, BN weight + Scale
+    with caplog.at_level(logging.WARNING, logger="densedet"):
+        load_optimizer_state(new, saved, model, "run/latest.pth")
+    assert "run/latest.pth holds the optimizer of an earlier densedet" in caplog.text
+    for param in params:
+        assert new.state[param].keys() == old.state[param].keys()
+        for key, value in old.state[param].items():
+            assert torch.equal(new.state[param][key], value), key
+    assert [g["lr_factor"] for g in new.param_groups] == [1.0, 2.0, 1.0]   # this version's groups stay
+    saved["param_groups"].append(dict(saved["param_groups"][0], params=[]))
+    with pytest.raises(ValueError, match=r"run/latest.pth: its optimizer state has 3 parameter groups.*init_from="):
+        load_optimizer_state(new, saved, model, "run/latest.pth")
