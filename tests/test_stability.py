@@ -64,6 +64,27 @@ def test_spike_actions():
         skip.check({"loss": 50.0}, 31, 1)
 
 
+def test_climbing_epoch_loss_is_reported():
+    """A loss part whose epoch mean is over 2 x its lowest earlier epoch mean is reported at the
+    epoch's end: loss_cls of a run that ended with no detections (epoch means 0.865, 0.411,
+    0.775, 2.044, 4.434) from epoch 4 (2.044 / 0.411 = 5.0), not at epoch 3 (1.9 x); a run that
+    fell and rose within 1.6 x never. The lowest values and the count survive a state round trip."""
+    guard = SpikeGuard("skip", 10.0)
+    bad = [0.865, 0.411, 0.775, 2.044, 4.434, 1.281]
+    said = [guard.epoch_ended(e + 1, {"loss_cls": v, "loss_box": 0.7 - 0.05 * e, "lr": 1.0}) for e, v in enumerate(bad)]
+    assert said[:3] == [None, None, None] and all(said[3:])
+    assert "loss_cls 2.044 = 5.0 x its lowest (0.411 at epoch 2)" in said[3] and "loss_box" not in said[3]
+    assert "loss_cls 1.281 = 3.1 x" in said[5] and guard.rises == 3
+    again = SpikeGuard("skip", 10.0)
+    again.load_state_dict(json.loads(json.dumps(guard.state_dict())))
+    assert again.lowest["loss_cls"] == [0.411, 2] and again.lowest["loss_box"] == [pytest.approx(0.45), 6]
+    assert again.rises == 3
+    assert again.epoch_ended(7, {"loss_cls": 0.823}) is not None and again.epoch_ended(8, {"loss_cls": 0.821}) is None
+    healthy = SpikeGuard("skip", 10.0)
+    assert all(healthy.epoch_ended(e + 1, {"loss_cls": v}) is None
+               for e, v in enumerate([0.89, 0.507, 0.483, 0.76, 0.736, 0.471, 0.349]))
+
+
 def test_spike_guard_state_round_trips():
     guard = SpikeGuard("skip", 10.0)
     steady(guard, 30)
@@ -221,9 +242,10 @@ def data(tmp_path_factory):
 @pytest.mark.slow
 def test_forced_spike_and_collapse_are_reported(data, tmp_path, monkeypatch):
     """8 images at batch 1 for 3 epochs (24 steps) with EMA on; the loss of step 23 is multiplied
-    by 1000 and the evaluations return mAP 0.30, 0.40, then nothing. The log names the spike's
-    iteration, the collapse at epoch 3, and ends "best mAP 0.4000 at epoch 2, last 0.0000 at
-    epoch 3: the classifier collapsed"; best.pth holds the EMA weights of epoch 2 and
+    by 1000, the other steps of epoch 3 by 4 (a climb, no spike), and the evaluations return mAP
+    0.30, 0.40, then nothing. The log names the spike's iteration, the climb of epoch 3, the
+    collapse at epoch 3, and ends "best mAP 0.4000 at epoch 2, last 0.0000 at epoch 3: the
+    classifier collapsed"; best.pth holds the EMA weights of epoch 2 and
     latest.pth the EMA weights as its model, the raw ones for resume."""
     work_dir = tmp_path / "run"
     cfg = load_config("fcos/config_demo.py", data + [
@@ -239,7 +261,8 @@ def test_forced_spike_and_collapse_are_reported(data, tmp_path, monkeypatch):
         def forced(outputs, targets):
             calls.append(1)
             losses = loss_fn(outputs, targets)
-            return {k: v * 1000.0 for k, v in losses.items()} if len(calls) == 23 else losses
+            factor = 1000.0 if len(calls) == 23 else 4.0 if len(calls) > 16 else 1.0
+            return {k: v * factor for k, v in losses.items()}
         return forced
 
     monkeypatch.setattr(cfg, "build_loss", spiking_loss)
@@ -258,6 +281,8 @@ def test_forced_spike_and_collapse_are_reported(data, tmp_path, monkeypatch):
     assert "epoch 3: the classifier collapsed: no detection above score_thresh=0.05 at epoch 3 (50 at epoch 2)" in log
     assert ("done: best mAP 0.4000 at epoch 2, last 0.0000 at epoch 3: the classifier collapsed (no detections at "
             "the end)") in log and "1 loss spike(s)" in log
+    assert "epoch 3: the training loss is climbing: loss_cls" in log and "climbed in 1 epoch(s)" in log
+    assert "epoch 2: the training loss" not in log
     best = torch.load(work_dir / "best.pth", weights_only=True)
     latest = torch.load(work_dir / "latest.pth", weights_only=True)
     assert best["epoch"] == 2 and all(torch.equal(best["model"][k], saved[2][k]) for k in saved[2])

@@ -177,6 +177,9 @@ def train(cfg) -> float:
         losses = train_one_epoch(ddp_model, loss_fn, optimizer, scheduler, scaler, train_loader, device,
                                  epoch, cfg, amp_dtype, recorder.iteration_logger(epoch), guard=guard, ema=ema)
         recorder.trained(epoch + 1, losses, scheduler.get_lr())
+        rising = guard.epoch_ended(epoch + 1, losses)   # the same on every process (losses are reduced)
+        if rising and main:
+            logger.warning("epoch %d: %s", epoch + 1, rising)
         evaluate_now = (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs
         if main and not evaluate_now:  # every epoch has its row; an evaluated one gets it with its stats
             append_jsonl(work_dir / "metrics.jsonl", {"epoch": epoch + 1, **losses, "lr": scheduler.get_lr(),
@@ -191,6 +194,7 @@ def train(cfg) -> float:
             best_map, best_epoch = evaluation(epoch + 1, losses, best_map, best_epoch)
     recorder.close()
     spikes = f"; {guard.spikes} loss spike(s), see the warnings" if guard.spikes else ""
+    spikes += f"; the training loss climbed in {guard.rises} epoch(s), see the warnings" if guard.rises else ""
     summary, fell_back = watch.summary(best_map, best_epoch)
     (logger.warning if fell_back else logger.info)("done: %s%s; checkpoints in %s", summary, spikes, work_dir)
     return best_map

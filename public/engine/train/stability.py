@@ -8,7 +8,11 @@ say so in the log, with what to change:
 - ``SpikeGuard`` looks at every step's loss (the mean over processes, so every process
   decides alike) before the backward pass: a non-finite loss, or one over ``spike_factor`` x
   the median of the last ``WINDOW`` steps, is a spike; ``on_spike`` says what the step then
-  does ("skip": no update from that batch; "warn": update anyway; "stop").
+  does ("skip": no update from that batch; "warn": update anyway; "stop"). A loss that climbs
+  over many steps follows its own median and is no spike, so at each epoch's end
+  ``SpikeGuard.epoch_ended`` also compares each loss part's epoch mean with its lowest earlier
+  epoch mean: over ``RISE_FACTOR`` x is a warning (the classifier going bad before an
+  evaluation shows it).
 - ``CollapseWatch`` keeps the evaluations: an evaluation with no detection after earlier
   ones had some, or with mAP under half the best, is reported when it happens, and the
   end-of-run line says "best mAP X at epoch E, last Y at epoch L" with the same advice.
@@ -29,6 +33,7 @@ WINDOW = 100          # steps in the running median
 MIN_STEPS = 20        # steps seen before a finite loss can count as a spike
 MAX_SKIPPED_IN_A_ROW = 10
 COLLAPSE_RATIO = 0.5  # an evaluation under this fraction of the best mAP is reported
+RISE_FACTOR = 2.0     # an epoch's mean loss part over this multiple of its lowest earlier epoch mean is reported
 
 ADVICE = ("lower lr (e.g. half), keep clip_grad_norm on (35), raise warmup_iters, or set ema=0.999; "
           "on a small dataset, add augmentation")
@@ -54,6 +59,8 @@ class SpikeGuard:
         self.recent: deque[float] = deque(recent or [], maxlen=WINDOW)
         self.spikes = spikes            # in the whole run
         self.in_a_row = 0
+        self.lowest: dict[str, list] = {}   # loss part -> [lowest epoch mean, its epoch]
+        self.rises = 0                  # epochs reported by epoch_ended
 
     def median(self) -> float:
         ordered = sorted(self.recent)
@@ -93,12 +100,33 @@ class SpikeGuard:
             self.recent.append(loss)
         return self.action == "warn"
 
+    def epoch_ended(self, epoch: int, losses: dict[str, float]) -> str | None:
+        """Record the epoch's (1-based) mean loss parts; the warning when one of them is over
+        ``RISE_FACTOR`` x its lowest earlier epoch mean, or None."""
+        risen = []
+        for name, value in losses.items():
+            if not name.startswith("loss_") or not math.isfinite(value):
+                continue
+            lowest = self.lowest.get(name)
+            if lowest is not None and lowest[0] > 0 and value > RISE_FACTOR * lowest[0]:
+                risen.append(f"{name} {value:.4g} = {value / lowest[0]:.1f} x its lowest ({lowest[0]:.4g} at "
+                             f"epoch {lowest[1]})")
+            if lowest is None or value < lowest[0]:
+                self.lowest[name] = [value, epoch]
+        if not risen:
+            return None
+        self.rises += 1
+        return (f"the training loss is climbing: {', '.join(risen)}; a classifier whose loss climbs like this "
+                f"often ends with no detections. {ADVICE}")
+
     def state_dict(self) -> dict:
-        return {"recent": list(self.recent), "spikes": self.spikes}
+        return {"recent": list(self.recent), "spikes": self.spikes, "lowest": self.lowest, "rises": self.rises}
 
     def load_state_dict(self, state: dict) -> None:
         self.recent = deque(state.get("recent", []), maxlen=WINDOW)
         self.spikes = int(state.get("spikes", 0))
+        self.lowest = {k: list(v) for k, v in (state.get("lowest") or {}).items()}
+        self.rises = int(state.get("rises", 0))
 
 
 def mean_over_processes(values: list[float]) -> list[float]:
