@@ -89,7 +89,8 @@ def table(rows: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: (r["data"], r["config"], r["variant"], r["seed"])):
         maps = " / ".join(f"{m:.4f}" for _, m in r["evaluations"]) or "-"
         ratio = f"{r['last'] / r['best']:.2f}" if r["best"] else "-"
-        note = r["error"] or ("collapse reported" if r["collapse_warnings"] else "")
+        reported = r["collapse_warnings"] or any(w in r.get("done", "") for w in ("collapsed", "fell back"))
+        note = r["error"] or ("collapse / fall reported" if reported else "")
         best = f"{r['best']:.4f}" if r["best"] is not None else "-"
         last = f"{r['last']:.4f}" if r["last"] is not None else "-"
         lines.append(f"| {r['data']} | {r['config']} | {r['variant']} | {r['seed']} | {maps} | {best} | {last} "
