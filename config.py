@@ -12,7 +12,10 @@ BaseConfig or in the model's Config; a subclass changes a default with a plain v
 key's type (an int is accepted for a float, a single value for a tuple); an unknown key, a
 wrong type or a value out of range is an error that names the key, raised when the config is
 loaded, before anything is built. Keys that take "auto" say what it means in their
-declaration (``auto=``), and ``cfg.effective(key)`` is the one place that applies it.
+declaration (``auto=``, a rule of the config and the run's facts); ``cfg.resolve(...)`` is the
+one place that applies these rules: it returns the run spec, a frozen copy in which no "auto"
+is left and every value says where it came from (``spec.source(key)``). Everything that builds
+or runs reads the spec; writing into it raises ``FrozenConfigError``.
 Nothing is built at import: datasets, models and optimizers are built from these values by
 the engine, through the ``build_*`` methods each model's Config defines with explicit imports
 (no registries). ``python -m tools.config_reference`` writes docs/config.md from these
@@ -20,136 +23,17 @@ declarations.
 """
 from __future__ import annotations
 
-import ast
-import difflib
-import importlib
-import importlib.util
-import json
-import math
-import os
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from public.data.crowns import crowns_paths
 from public.data.demo import demo_paths
-from public.engine.command import DEFAULT_CONFIG
+from public.keys import (REPO_ROOT, FrozenConfigError, Key, KeyedConfig, RunFacts, find_config_file,  # noqa: F401
+                         load_config, model_config)
 from public.models.backbone import BACKBONES
 
-REPO_ROOT = Path(__file__).resolve().parent
 _DEMO = demo_paths()
 # The built-in datasets (generated on first use), by the name the ``data`` key takes.
 BUILTIN_DATA = {"demo": demo_paths, "crowns": crowns_paths}
-
-
-class Key:
-    """The declaration of one config key: default, meaning, type and allowed values.
-
-    Args:
-        default: the value when nothing overrides it (its type is the key's, unless ``kind``).
-        doc: what the key means, one or two sentences (the configuration reference prints it).
-        kind: the type of explicit values, where the default is "auto".
-        choices: the allowed values, if a fixed set.
-        low, high, low_open, high_open: a number's range (closed unless ``*_open``).
-        integer: the number must be whole.
-        each: a check of every element of a tuple (``low``/``high``/``integer`` apply to them),
-            which must then hold at least one.
-        length: a tuple's required length.
-        auto: what "auto" means: a function of the config giving the value to use
-            (``BaseConfig.effective``); "auto" is allowed only where this is given.
-        check: a further rule: a function of the value returning what is wrong, or None.
-    """
-
-    def __init__(self, default: Any, doc: str, *, kind: type | None = None, choices: tuple = (),
-                 low: float | None = None, high: float | None = None, low_open: bool = False,
-                 high_open: bool = False, integer: bool = False, each: bool = False, length: int | None = None,
-                 auto: Callable[[Any], Any] | None = None, check: Callable[[Any], str | None] | None = None):
-        self.default, self.doc = default, " ".join(doc.split())
-        self.kind = kind or type(default)
-        self.choices, self.low, self.high, self.low_open, self.high_open = choices, low, high, low_open, high_open
-        self.integer, self.each, self.length, self.auto, self.check = integer, each, length, auto, check
-
-    def __get__(self, obj, owner=None):
-        return self.default  # the class attribute reads as the plain default
-
-    # ---- checking -------------------------------------------------------------------------------
-    def coerce(self, name: str, value: Any) -> Any:
-        """``value`` converted to the key's type (int -> float, scalar -> 1-tuple, list -> tuple);
-        TypeError naming the key otherwise."""
-        if self.auto is not None and isinstance(value, str) and value == "auto":
-            return value
-        kind = self.kind
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-        elif kind is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-        elif kind is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        elif kind is tuple:
-            if isinstance(value, (list, tuple)):
-                return tuple(value)
-            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-                return (value,)
-        elif isinstance(value, kind):
-            return value
-        also = " or 'auto'" if self.auto is not None else ""
-        raise TypeError(f"config key '{name}' expects {kind.__name__}{also} (default {self.default!r}), "
-                        f"got {type(value).__name__} {value!r}")
-
-    def problem(self, name: str, value: Any) -> str | None:
-        """What is wrong with ``value`` for this key ("name=value must be ..."), or None."""
-        if self.auto is not None and isinstance(value, str) and value == "auto":
-            return None
-        if self.choices and value not in self.choices:
-            return f"{name}={value!r} must be one of {', '.join(map(repr, self.choices))}"
-        if self.length is not None and len(value) != self.length:
-            return f"{name}={value!r} must hold {self.length} values"
-        if self.each:
-            numbers_ok = len(value) > 0 and all(self._number_ok(v) for v in value)
-            if not numbers_ok:
-                return f"{name}={value!r} must be a non-empty tuple of {self._range_words()}, e.g. {name}={(self.default[0],) if self.default else ()!r}"
-        elif self.low is not None or self.high is not None or self.integer:
-            if not self._number_ok(value):
-                return f"{name}={value!r} must be {self._range_words()}"
-        return self.check(value) if self.check is not None else None
-
-    def _number_ok(self, value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        if self.integer and value != int(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
-
-    def _range_words(self) -> str:
-        """e.g. "an integer >= 1", "a number > 0 and <= 1"."""
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high}")
-        many = self.each
-        kind = ("integers" if many else "an integer") if self.integer else ("numbers" if many else "a number")
-        return f"{kind} {' and '.join(parts)}".strip()
-
-    def allowed(self) -> str:
-        """The allowed values in words, for the configuration reference ("" when any of the type)."""
-        if self.choices:
-            words = ", ".join(map(repr, self.choices))
-        elif self.each:
-            words = f"tuple of {self._range_words()}"
-        elif self.low is not None or self.high is not None or self.integer:
-            words = self._range_words()
-        else:
-            words = ""
-        if self.length is not None:
-            words = (words + "; " if words else "") + f"{self.length} values"
-        if self.auto is not None and "'auto'" not in words:
-            words = (words + " or " if words else "") + "'auto'"
-        return words
 
 
 def trained_weights(cfg) -> bool:
@@ -184,7 +68,8 @@ def increasing(name: str):
     return problem
 
 
-class BaseConfig:
+
+class BaseConfig(KeyedConfig):
     # ---- data ---------------------------------------------------------------------------
     data = Key("", "A built-in dataset by name, generated on first use, instead of the four paths below: 'demo' "
                "(five shape classes, 128-192 px images) or 'crowns' (aerial tree crowns: 400 px tiles, ~15 small "
@@ -241,10 +126,10 @@ class BaseConfig:
     frozen_stages = Key("auto", "Backbone stages kept frozen: 0 trains all, 1 freezes the stem and stage 1 (the "
                         "papers'), up to 4. 'auto': 1 when the backbone starts from trained weights (pretrained, "
                         "backbone_weights or init_from), 0 from random init.", kind=int, low=0, high=4,
-                        integer=True, auto=lambda cfg: 1 if trained_weights(cfg) else 0)
+                        integer=True, auto=lambda cfg, run: 1 if trained_weights(cfg) else 0)
     freeze_bn = Key("auto", "Frozen BatchNorm statistics and affine in the backbone (the papers'); trained BN "
                     "(SyncBN under DDP on GPUs) if False. 'auto': frozen with trained weights, trained from "
-                    "random init.", kind=bool, auto=trained_weights)
+                    "random init.", kind=bool, auto=lambda cfg, run: trained_weights(cfg))
     dcn_stages = Key((False, False, False, False), "Modulated deformable conv (DCNv2) for the 3x3 conv of every "
                      "block of layer1..layer4; (False, True, True, True) is the DCNv2 paper's and the ATSS "
                      "'dcnv2' models' choice.", length=4)
@@ -256,7 +141,7 @@ class BaseConfig:
                     "the RetinaNet paper's). 'auto': plain with trained weights (pretrained, backbone_weights or "
                     "init_from), GN from random init, where plain towers do not learn to classify; loading a "
                     "checkpoint takes the checkpoint's value.", kind=str, choices=("GN", "none", "auto"),
-                    auto=lambda cfg: "none" if trained_weights(cfg) else "GN")
+                    auto=lambda cfg, run: "none" if trained_weights(cfg) else "GN")
     prior_prob = Key(0.01, "Initial foreground probability of the classifier (RetinaNet paper, Sec. 4.1).",
                      low=0, high=1, low_open=True, high_open=True)
     focal_alpha = Key(0.25, "Focal loss alpha (the weight of the positives; below 0 disables the weighting).",
@@ -292,6 +177,9 @@ class BaseConfig:
 
     # ---- optimisation -------------------------------------------------------------------
     epochs = Key(12, "Training epochs (12 = the '1x' schedule on COCO).", low=1, integer=True)
+    time_budget = Key(0.0, "Train for about this many minutes (0: off): epochs is resolved at the start from the "
+                      "measured speed of a few training steps and of evaluation on this machine, so that training "
+                      "and its evaluations end within the budget; the schedule follows those epochs.", low=0)
     optimizer = Key("sgd", "'sgd' (with momentum, the papers') or 'adamw'.", choices=("sgd", "adamw"))
     lr = Key(0.01, "The lr at a total batch of reference_batch; scaled to the run's total batch if scale_lr.",
              low=0, low_open=True)
@@ -319,7 +207,7 @@ class BaseConfig:
     clip_grad_norm = Key("auto", "Clip the gradients' total norm at this value; 0 disables clipping. 'auto': "
                          "35 from random init (mmdetection's FCOS value; from scratch, unclipped runs on small "
                          "data spiked and collapsed), 0 with trained weights (the papers').", kind=float, low=0,
-                         auto=lambda cfg: 35.0 if cfg.from_scratch() else 0.0)
+                         auto=lambda cfg, run: 35.0 if cfg.from_scratch() else 0.0)
     on_spike = Key("skip", "What a training step does when its loss spikes (over spike_factor x the median "
                    "of the last 100 steps) or is not finite: 'skip' (no update from that batch; the run stops "
                    "after 10 in a row), 'warn' (update anyway; a non-finite loss stops the run) or 'stop' (stop; "
@@ -333,7 +221,7 @@ class BaseConfig:
               "ExpMomentumEMA).", low=0, high=1, high_open=True)
     ema_tau = Key("auto", "Iterations over which the EMA decay warms up. 'auto': 2000 (YOLOX), at most a quarter "
                   "of the run's iterations.", kind=int, low=1, integer=True,
-                  auto=lambda cfg: 2000)
+                  auto=lambda cfg, run: max(1, min(2000, run.total_iters // 4)) if run.total_iters else 2000)
     amp = Key(False, "Mixed precision with torch.amp (a GradScaler for float16).")
     amp_dtype = Key("float16", "The autocast dtype of amp: 'float16' or 'bfloat16'.",
                     choices=("float16", "bfloat16"))
@@ -358,64 +246,8 @@ class BaseConfig:
     _decisive_keys = ("backbone", "dcn_stages", "fpn_channels", "p6_from", "num_convs", "head_norm")
 
     # ------------------------------------------------------------------------------------
-    def __init__(self, **overrides: Any) -> None:
-        for key, default in self.fields().items():
-            setattr(self, key, default)
-        for key, value in overrides.items():
-            self.set(key, value)
-        self.check()
 
-    @classmethod
-    def keys(cls) -> dict[str, Key]:
-        """Every key's declaration, base class first, in declaration order."""
-        out: dict[str, Key] = {}
-        for klass in reversed(cls.__mro__):
-            for name, value in vars(klass).items():
-                if isinstance(value, Key):
-                    out.setdefault(name, value)
-        return out
-
-    @classmethod
-    def fields(cls) -> dict[str, Any]:
-        """Every key with this class's default, base class first, in declaration order.
-
-        A plain class attribute sets the default of a declared key; one that declares nothing
-        is an error naming it (a typo would otherwise be a silent no-op)."""
-        keys = cls.keys()
-        out = {name: key.default for name, key in keys.items()}
-        for klass in reversed(cls.__mro__):
-            for name, value in vars(klass).items():
-                if name.startswith("_") or isinstance(value, Key) or callable(value) \
-                        or isinstance(value, (classmethod, staticmethod, property)):
-                    continue
-                if name not in keys:
-                    close = difflib.get_close_matches(name, list(keys), n=3)
-                    hint = f"; did you mean {', '.join(close)}?" if close else ""
-                    raise TypeError(f"{klass.__name__}.{name} is not a config key{hint} (declare a new key as "
-                                    f"{name} = Key(default, \"what it means\"), or start the name with _)")
-                out[name] = keys[name].coerce(name, value)
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.fields()}
-
-    def changed(self) -> dict[str, Any]:
-        """The keys whose value differs from this config class's default (the command's overrides
-        and the values resolved at the start of a run)."""
-        return {key: value for key, value in self.to_dict().items() if value != self.fields()[key]}
-
-    def set(self, key: str, value: Any) -> None:
-        """Set ``key`` after checking its type and allowed values (cross-key rules: ``check``)."""
-        keys = self.keys()
-        if key not in keys:
-            close = difflib.get_close_matches(key, list(keys), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"unknown config key '{key}'{hint}")
-        value = keys[key].coerce(key, value)
-        problem = keys[key].problem(key, value)
-        if problem:
-            raise ValueError(f"bad config value: {problem}")
-        setattr(self, key, value)
+    def after_set(self, key: str, value: Any) -> None:
         if key == "data" and value:
             self._use_builtin_data(value)
 
@@ -430,58 +262,19 @@ class BaseConfig:
         for key, path in paths.items():
             setattr(self, key, path)
 
-    def check(self) -> None:
-        """Raise one ValueError listing every value out of its key's range or choices, and every
-        broken rule between keys."""
-        problems = [p for name, key in self.keys().items() if (p := key.problem(name, getattr(self, name)))]
-        problems += self.rules_between_keys()
+    def problems(self) -> list[str]:
+        problems = super().problems()
         if self.data:
             given = [k for k, v in BUILTIN_DATA[self.data]().items() if getattr(self, k) != v]
             if given:
                 problems.append(f"data={self.data!r} sets the data paths, and {', '.join(given)} "
                                 f"{'is' if len(given) == 1 else 'are'} given too: give one or the other")
-        if problems:
-            raise ValueError("bad config value" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems))
-
-    def rules_between_keys(self) -> list[str]:
-        """What is wrong between keys (a model's Config adds its rules); [] when nothing is."""
-        return []
+        return problems
 
     def from_scratch(self) -> bool:
         """True when no trained weights initialise the backbone (see ``trained_weights``)."""
         return not trained_weights(self)
 
-    def effective(self, key: str) -> Any:
-        """The value a run uses for ``key``: its own, or what "auto" means for it (its declaration's
-        ``auto``). The one place where "auto" is turned into a value."""
-        value = getattr(self, key)
-        if isinstance(value, str) and value == "auto":
-            auto = self.keys()[key].auto
-            if auto is not None:
-                return auto(self)
-        return value
-
-    def apply_overrides(self, items: list[str]) -> None:
-        """Apply ``key=value`` strings; values are Python literals (strings may be bare)."""
-        for item in items:
-            if "=" not in item:
-                raise ValueError(f"override '{item}' is not of the form key=value")
-            key, text = item.split("=", 1)
-            key = key.strip().lstrip("-")
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = text  # a bare string such as backbone=resnet18
-            self.set(key, value)
-
-    def update(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            self.set(key, value)
-
-    def __repr__(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=str)
-
-    # Each model's Config builds its own pieces with explicit imports.
     def build_model(self, num_classes: int):
         raise NotImplementedError(f"{type(self).__name__} does not define build_model")
 
@@ -515,169 +308,6 @@ def iou_thresholds_rule(cfg) -> list[str]:
     return []
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> BaseConfig:
-    """Import the config file at ``path``, instantiate its ``Config`` and apply overrides.
-
-    A file inside the repository is imported as its package module (``fcos/config.py`` ->
-    ``fcos.config``) so that it shares classes with the rest of the code; a file elsewhere
-    is imported from its path.
-    """
-    path = find_config_file(path)
-    try:
-        module_name = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
-        module = importlib.import_module(module_name)
-    except ValueError:  # outside the repository
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    if not hasattr(module, "Config"):
-        raise AttributeError(f"{path} defines no class Config")
-    cfg = module.Config()
-    cfg.apply_overrides(list(overrides))
-    cfg.check()
-    if not cfg.work_dir:
-        cfg.work_dir = str(Path("work_dirs") / _config_name(path))
-    return cfg
-
-
-def find_config_file(path: str | Path) -> Path:
-    """The config file at ``path``: as given (absolute, or relative to the current folder), else
-    relative to the repository root (``--config fcos/config.py`` works from any folder)."""
-    given = Path(path)
-    for candidate in (given, REPO_ROOT / given) if not given.is_absolute() else (given,):
-        if candidate.is_file():
-            return candidate.resolve()
-    where = "" if given.is_absolute() else f" (nor {REPO_ROOT / given})"
-    raise FileNotFoundError(f"config file not found: {given.resolve()}{where}")
-
-
-# What a run's checkpoint decides even under an explicit --config (unless given as key=value):
-# the data it was evaluated on and how evaluation resizes its images.
-RUN_EVAL_KEYS = ("val_images", "val_annotations", "test_min_size", "max_size", "resize_mode", "test_resize",
-                 "size_divisible")
-# Stored values that describe where and how the run ran, not the model: never taken from it.
-_RUN_PLACE_KEYS = ("device", "work_dir", "resume", "overwrite")
-
-
-def _announce(line: str) -> None:
-    """Print on the main process only (RANK 0, or no torchrun)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(line, flush=True)
-
-
-def stored_run(checkpoint_path: str | Path) -> dict | None:
-    """What ``checkpoint_path`` says about its run: {"config": dict, "model_type": str | None,
-    "source": "checkpoint" | "onnx"}; None for a foreign state dict, an older ``.onnx`` without a
-    config, or a file that cannot be read (its loader reports that when the job runs)."""
-    from public.engine.runs.checkpoint import is_densedet, load_checkpoint
-
-    path = Path(checkpoint_path)
-    if path.suffix.lower() == ".onnx":
-        from public.engine.export.runtime import read_metadata
-        try:
-            meta = read_metadata(path)
-        except (ImportError, OSError, ValueError, RuntimeError):
-            return None
-        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-            return None
-        return {"config": meta["config"], "model_type": meta.get("model_type"), "source": "onnx"}
-    try:
-        checkpoint = load_checkpoint(path)
-    except (OSError, ValueError, RuntimeError):
-        return None
-    if not is_densedet(checkpoint) or not isinstance(checkpoint.get("config"), dict):
-        return None
-    return {"config": checkpoint["config"], "model_type": checkpoint.get("model_type"), "source": "checkpoint"}
-
-
-def _stored_path(value: Any) -> Any:
-    """A relative data path of a stored config: from the current folder if it is there, else from
-    the repository root if it is there, else as stored."""
-    if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
-        return value
-    return str(REPO_ROOT / value) if (REPO_ROOT / value).exists() else value
-
-
-def _override_keys(overrides) -> set[str]:
-    return {item.split("=", 1)[0].strip().lstrip("-") for item in overrides if "=" in item}
-
-
-def load_run_config(checkpoint_path: str | Path, config_path: str | Path | None = None,
-                    overrides: list[str] | tuple = (), announce: Callable[[str], Any] | None = _announce) -> BaseConfig:
-    """The config to evaluate, detect with or export the checkpoint (or exported ``.onnx``) at
-    ``checkpoint_path``: "the checkpoint carries its run".
-
-    Without ``config_path``: the Config class of the checkpoint's model (``model_type``, e.g.
-    ``fcos.config``) updated with the config stored in it (keys the class declares; others are
-    ignored with a note), then ``overrides``. With ``config_path``: that file and ``overrides``
-    (``load_config``), except that ``RUN_EVAL_KEYS`` (evaluation data and sizes) still come
-    from the checkpoint unless overridden. A file that stores no config (a torchvision state
-    dict) takes the config file (default ``DEFAULT_CONFIG``) as ``load_config`` does; an
-    ``.onnx`` from an older export needs ``config_path``. ``work_dir`` is the checkpoint's
-    folder unless overridden. ``announce`` gets one line: the run's values used, what was
-    overridden.
-    """
-    run = stored_run(checkpoint_path)
-    if run is None:
-        if config_path is None and str(checkpoint_path).lower().endswith(".onnx") and Path(checkpoint_path).is_file():
-            raise ValueError(f"{checkpoint_path} holds no config (exported before export.py stored the run's "
-                             f"config): pass --config CFG (e.g. --config fcos/config.py) with val_images=DIR "
-                             f"val_annotations=FILE, or export the checkpoint again")
-        return load_config(config_path or DEFAULT_CONFIG, overrides)
-    stored = {k: (_stored_path(v) if k in ("val_images", "val_annotations", "train_images", "train_annotations")
-                  else v) for k, v in run["config"].items()}
-    given = _override_keys(overrides)
-    if stored.get("data"):   # a built-in dataset: its paths follow the code's place, unless paths are given
-        data_keys = ("val_images", "val_annotations", "train_images", "train_annotations")
-        drop = data_keys if not given & set(data_keys) else ("data",)
-        stored = {k: v for k, v in stored.items() if k not in drop}
-    notes = []
-    if config_path is None:
-        module_name = run["model_type"] or ".".join(Path(DEFAULT_CONFIG).with_suffix("").parts)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise ValueError(f"{checkpoint_path} is a {module_name} model, which this code does not define "
-                             f"({error}): pass --config CFG") from error
-        cfg = module.Config()
-        declared = cfg.keys()
-        unknown = sorted(k for k in stored if k not in declared)
-        for key, value in stored.items():
-            if key in declared and key not in _RUN_PLACE_KEYS and key not in given:
-                try:
-                    cfg.set(key, value)
-                except (KeyError, TypeError, ValueError) as error:
-                    unknown.append(f"{key} ({error})")
-        if unknown:
-            notes.append(f"ignored stored keys this code does not take: {', '.join(unknown)}")
-        cfg.apply_overrides(list(overrides))
-        cfg.check()
-        model = module_name.split(".")[0]
-    else:
-        cfg = load_config(config_path, overrides)
-        taken = [k for k in RUN_EVAL_KEYS if k in stored and k not in given and hasattr(cfg, k)]
-        for key in taken:
-            cfg.set(key, stored[key])
-        cfg.check()
-        model = (run["model_type"] or "").split(".")[0] or type(cfg).__module__.split(".")[0]
-        notes.append(f"config {config_path} with the run's data and eval sizes")
-    if "work_dir" not in given:
-        cfg.work_dir = str(Path(checkpoint_path).resolve().parent)
-    if announce is not None:
-        shown = ", ".join(item for item in overrides if "=" in item) or "nothing"
-        announce(f"run of {checkpoint_path}: {model}, val data {cfg.val_annotations}, test_min_size="
-                 f"{cfg.test_min_size} max_size={cfg.max_size}; overridden: {shown}"
-                 + "".join(f"; {note}" for note in notes))
-    return cfg
-
-
-def _config_name(path: Path) -> str:
-    """Run name: the model folder for its configs, else the file name (my_exps/r50.py -> r50)."""
-    if path.stem.startswith("config"):  # fcos/config.py -> fcos, fcos/config_demo.py -> fcos_demo
-        return path.parent.name + path.stem[len("config"):]
-    return path.stem
-
-
 class DemoSettings:
     """What each model's ``config_demo.py`` changes to train on the built-in demo data on a
     laptop CPU in minutes (mixed in before the model's Config: ``class Config(DemoSettings,
@@ -709,3 +339,4 @@ class DemoSettings:
     tta_scales = (96, 128, 160, 192, 224, 256)
     tta_max_size = 512
     tta_scale_ranges = ((24, 10000), (16, 10000), (0, 10000), (0, 10000), (0, 64), (0, 64))
+

@@ -29,8 +29,8 @@ import logging
 import sys
 from pathlib import Path
 
-from config import load_run_config
 from public.engine.command import parse_command_line, run_command
+from public.engine.runs.stored import load_run_config
 
 # Largest differences accepted by the check after export (the parity tests measure them on
 # small models: about 1e-4 px and 1e-6 in score; larger networks accumulate more float error).
@@ -75,6 +75,7 @@ def export(cfg, args) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     category_ids, class_names = (None, None) if is_densedet(checkpoint) else dataset_categories(cfg)
     loaded = load_for_inference(cfg, args.checkpoint, category_ids, class_names, checkpoint)
+    cfg = loaded.cfg   # the run spec
     model, decoder = loaded.model.cpu().eval(), cfg.build_decoder()
     metadata = export_metadata(cfg, type(model).__name__, loaded.class_names, loaded.category_ids, args.raw,
                                loaded.score_thresholds, args.checkpoint, model_type(cfg))

@@ -30,11 +30,10 @@ overridden as key=value, e.g. tta_scales=(128,160,192).
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 
-from config import load_run_config
 from public.engine.command import parse_command_line, run_command
+from public.engine.runs.stored import load_run_config
 
 
 def parse_args(argv=None):

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import sys
 
-from config import load_config, load_run_config
+from config import load_config
 from public.engine.command import DEFAULT_CONFIG, parse_command_line, run_command
+from public.engine.runs.stored import load_run_config
 
 
 def parse_args(argv=None):

@@ -67,7 +67,7 @@ class ATSS(nn.Module):
     def __init__(self, cfg, num_classes: int):
         super().__init__()
         self.backbone = build_backbone(cfg)
-        self.head = ATSSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.effective("head_norm"), cfg.prior_prob,
+        self.head = ATSSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.head_norm, cfg.prior_prob,
                              cfg.regression_type, cfg.head_dcn)
         self.anchor_offset = cfg.anchor_offset
         self.octave_base_scale = cfg.octave_base_scale

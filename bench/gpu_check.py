@@ -217,7 +217,7 @@ def our_config(kind: str, s: Settings, precision: str = "fp32", channels_last: b
                 "batch_size": s.batch, "min_size": (min(s.size),), "max_size": max(s.size),
                 "amp": precision != "fp32", "amp_dtype": s.amp_dtype, "channels_last": channels_last,
                 "lr_steps": (8, 11), "log_interval": 10**6, "flops": False, **extra})
-    return cfg
+    return cfg.resolve()
 
 
 def torchvision_model(kind: str, s: Settings, **kwargs):
@@ -278,7 +278,7 @@ def train_ours(kind: str, precision: str, channels_last: bool, s: Settings, inpu
     device = s.device
     cfg = our_config(kind, s, precision, channels_last)
     torch.manual_seed(0)
-    model = cfg.build_model(NUM_CLASSES).to(device)
+    model = cfg.resolve().build_model(NUM_CLASSES).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn, optimizer = cfg.build_loss(), build_optimizer(cfg, model)

@@ -47,7 +47,7 @@ def build(config: str, checkpoint: str | None, num_classes: int, overrides: list
         loaded = load_for_inference(cfg, checkpoint)
         return cfg, loaded.model.eval()
     torch.manual_seed(0)
-    model = cfg.build_model(num_classes).eval()
+    model = cfg.resolve().build_model(num_classes).eval()
     with torch.no_grad():   # some candidates above the score threshold, so that top-k and NMS have work
         model.head.cls_logits.weight.normal_(0, 0.05)
         model.head.cls_logits.bias.fill_(-4.0)

@@ -85,7 +85,7 @@ def _tv_backbone(backbone: str):
 
 def _ours(cfg, backbone: str, device, settings: dict):
     cfg.update({"pretrained": False, "frozen_stages": 0, "freeze_bn": False, **settings, "backbone": backbone})
-    return cfg.build_model(NUM_CLASSES).to(device).train(), cfg.build_loss()
+    return cfg.resolve().build_model(NUM_CLASSES).to(device).train(), cfg.build_loss()
 
 
 def _detached(outputs: dict) -> dict:

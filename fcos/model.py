@@ -58,7 +58,7 @@ class FCOS(nn.Module):
     def __init__(self, cfg, num_classes: int):
         super().__init__()
         self.backbone = build_backbone(cfg)
-        self.head = FCOSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.effective("head_norm"), cfg.prior_prob,
+        self.head = FCOSHead(cfg.fpn_channels, num_classes, cfg.num_convs, cfg.head_norm, cfg.prior_prob,
                              cfg.norm_reg_targets, cfg.centerness_on_reg, reg_bias_init=cfg.reg_bias_init)
         self.location_offset = cfg.location_offset
         self.torchvision_steps = cfg.location_steps == "torchvision"

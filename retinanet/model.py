@@ -50,7 +50,7 @@ class RetinaNet(nn.Module):
         self.anchor_round_corners = cfg.anchor_round_corners
         self.torchvision_steps = cfg.location_steps == "torchvision"
         num_anchors = cfg.anchor_scales_per_octave * len(self.aspect_ratios)
-        self.head = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes, cfg.num_convs, cfg.effective("head_norm"),
+        self.head = RetinaNetHead(cfg.fpn_channels, num_anchors, num_classes, cfg.num_convs, cfg.head_norm,
                                   cfg.prior_prob)
         self.num_classes = num_classes
 

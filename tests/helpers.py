@@ -73,7 +73,7 @@ def _overfit(cfg, images_dir: str, annotations: str, steps: int, lr: float, warm
     dataset = CocoDetection(images_dir, annotations, build_transforms(cfg, train=False))
     batch = collate([dataset[i] for i in range(len(dataset))], cfg.size_divisible)
     images = normalize(batch.images, batch.image_sizes)
-    model, loss_fn, decoder = cfg.build_model(dataset.num_classes), cfg.build_loss(), cfg.build_decoder()
+    model, loss_fn, decoder = cfg.resolve().build_model(dataset.num_classes), cfg.build_loss(), cfg.build_decoder()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for step in range(steps):
@@ -114,7 +114,7 @@ def perturb_for_oracle(tv_model) -> None:
 
 def load_converted(cfg, state: dict, num_classes: int):
     """Our model from ``cfg`` with a converted torchvision state dict; every key must fit."""
-    model = cfg.build_model(num_classes).eval()
+    model = cfg.resolve().build_model(num_classes).eval()
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
     return model

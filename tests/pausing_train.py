@@ -8,7 +8,6 @@ outside, so the production code carries no hook:
 - ``save:NAME:E``: inside the atomic write of checkpoint NAME of epoch E, with the temporary
   file written and not yet renamed.
 """
-import inspect
 import os
 import sys
 import time
@@ -36,14 +35,13 @@ def install(point: str, marker: str) -> None:
                 hold(marker, point)
         LRScheduler.step = held_step
     elif kind == "eval":
-        evaluate_epoch = loop.evaluate_epoch
+        evaluate_epoch = loop.EpochEvaluation.__call__
 
-        def held_evaluation(*args, **keywords):
-            bound = inspect.signature(evaluate_epoch).bind(*args, **keywords)
-            if bound.arguments["epoch"] == int(where):
-                bound.arguments["val_loader"] = _hold_after_first(bound.arguments["val_loader"], marker, point)
-            return evaluate_epoch(*bound.args, **bound.kwargs)
-        loop.evaluate_epoch = held_evaluation
+        def held_evaluation(self, epoch, losses):
+            if epoch == int(where):
+                self.val_loader = _hold_after_first(self.val_loader, marker, point)
+            return evaluate_epoch(self, epoch, losses)
+        loop.EpochEvaluation.__call__ = held_evaluation
     elif kind == "save":
         name, _, epoch = where.partition(":")
         save, replace, saving = checkpoint.save_checkpoint, os.replace, {}

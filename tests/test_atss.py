@@ -209,8 +209,8 @@ def test_topk_hand_case():
 # ---- deformable convs -----------------------------------------------------------------------
 def test_dcn_backbone_equals_plain_at_init():
     torch.manual_seed(0)
-    plain = build_backbone(DemoConfig()).eval()
-    dcn = build_backbone(DemoConfig(dcn_stages=(False, False, True, True))).eval()
+    plain = build_backbone(DemoConfig().resolve()).eval()
+    dcn = build_backbone(DemoConfig(dcn_stages=(False, False, True, True)).resolve()).eval()
     missing, unexpected = dcn.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(".conv_offset." in k for k in missing)
     deform = [m for m in dcn.modules() if isinstance(m, DeformConv)]
@@ -339,7 +339,7 @@ def test_decoder_hand_case():
 def test_model_shapes():
     torch.manual_seed(0)
     cfg = DemoConfig(head_dcn=True)
-    model = cfg.build_model(3).eval()
+    model = cfg.resolve().build_model(3).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 128, 160))
     N = 320 + 80 + 20 + 6 + 2

@@ -15,11 +15,11 @@ from torchvision import tv_tensors
 from atss.config import Config as ATSSConfig
 from fcos.config import Config as FCOSConfig
 from fcos.config_demo import Config as FCOSDemoConfig
-from public.data.augment import (PhotometricDistortion, RandomRot90, RandomVerticalFlip, ScaleJitterCrop,
+from public.data.augment import (PhotometricDistortion, RandomRot90, ScaleJitterCrop,
                                  adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, crop_boxes,
                                  rot90_boxes)
 from public.data.seeding import EpochSamples
-from public.data.transforms import Compose, RandomHorizontalFlip, Resize, build_transforms
+from public.data.transforms import Compose, RandomHorizontalFlip, RandomVerticalFlip, Resize, build_transforms
 from retinanet.config import Config as RetinaNetConfig
 
 

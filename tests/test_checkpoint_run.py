@@ -19,7 +19,8 @@ import torch
 
 import export as export_cli
 import train as train_cli
-from config import REPO_ROOT, RUN_EVAL_KEYS, find_config_file, load_config, load_run_config
+from config import REPO_ROOT, find_config_file, load_config
+from public.engine.runs.stored import RUN_EVAL_KEYS, load_run_config
 from helpers import load_test_py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def test_exported_onnx_carries_the_run(run_dir, tmp_path, monkeypatch, capsys):
     code, out, err = in_process(export_cli.main, "--checkpoint", run_dir / "best.pth", "--out", onnx_path,
                                 cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0, out[-3000:] + err[-3000:]
-    from public.engine.export.runtime import read_metadata
+    from public.engine.runs.stored import read_metadata
     meta = read_metadata(onnx_path)
     assert meta["model_type"] == "fcos.config" and meta["config"]["test_min_size"] == 96
     report = tmp_path / "onnx_eval"
@@ -163,7 +164,7 @@ def test_missing_val_data_is_one_line_naming_the_path_and_keys(tmp_path, monkeyp
     from public.engine.runs.checkpoint import save_checkpoint
     cfg = load_config("fcos/config_demo.py", [f"val_images={tmp_path / 'gone'}",
                                               f"val_annotations={tmp_path / 'gone' / 'val.json'}"])
-    model = cfg.build_model(len(DEMO_CLASSES))
+    model = cfg.resolve().build_model(len(DEMO_CLASSES))
     path = tmp_path / "best.pth"
     save_checkpoint({"format": "densedet", "model_type": "fcos.config", "config": cfg.to_dict(),
                      "model": model.state_dict(), "epoch": 1, "best_map": 0.0,

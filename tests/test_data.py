@@ -2,7 +2,6 @@
 
 import json
 import random
-import types
 import warnings
 from pathlib import Path
 
@@ -244,19 +243,20 @@ def test_flip_twice_is_identity_and_box_follows_pixels():
 
 
 def test_build_transforms_reads_config():
-    cfg = types.SimpleNamespace(min_size=(64,), max_size=1000, multiscale_mode="choice",
-                                resize_mode="keep_ratio", hflip_prob=1.0, test_min_size=32)
+    from fcos.config_demo import Config as DemoConfig
+
+    cfg = DemoConfig(min_size=(64,), max_size=1000, multiscale_mode="choice", resize_mode="keep_ratio",
+                     hflip_prob=1.0, test_min_size=32).resolve()
     train_out = build_transforms(cfg, train=True)(make_sample(100, 200, [[0, 0, 10, 10]]))
     assert train_out["image"].shape == (64, 128, 3)
     np.testing.assert_allclose(train_out["boxes"], [[121.6, 0, 128, 6.4]], rtol=1e-6)  # resized then flipped
     eval_out = build_transforms(cfg, train=False)(make_sample(100, 200, [[0, 0, 10, 10]]))
     assert eval_out["image"].shape == (32, 64, 3)
     np.testing.assert_allclose(eval_out["boxes"], [[0, 0, 3.2, 3.2]], rtol=1e-6)
-    cfg.resize_mode = "square"
-    assert build_transforms(cfg, train=False)(make_sample(100, 200, []))["image"].shape == (32, 32, 3)
-    cfg.resize_mode = "stretch"
-    with pytest.raises(ValueError, match="resize_mode"):
-        build_transforms(cfg, train=False)
+    square = cfg.replace(resize_mode="square")
+    assert build_transforms(square, train=False)(make_sample(100, 200, []))["image"].shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="resize_mode"):    # checked where the key is declared
+        DemoConfig(resize_mode="stretch")
 
 
 # ----------------------------------------------------------------------------- collate

@@ -33,14 +33,14 @@ def _worker(rank: int, world: int, port: int, images: str, annotations: str, out
     from public.data.transforms import build_transforms
 
     cfg = Config(device="cpu", batch_size=2, num_workers=0, min_size=(96,), max_size=128, epochs=1,
-                 warmup_iters=0, log_interval=1)
+                 warmup_iters=0, log_interval=1).resolve()
     device = distributed.init_distributed(cfg.device)
     assert distributed.get_world_size() == world and distributed.get_rank() == rank
     torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
     dataset = CocoDetection(images, annotations, build_transforms(cfg, train=True))
     loader = build_loader(cfg, dataset, True, device, rank, world)
     assert len(loader) == 2                      # 8 images / (2 per process x 2 processes)
-    model = cfg.build_model(dataset.num_classes)  # (SyncBN is for GPUs; the trainer converts there)
+    model = cfg.resolve().build_model(dataset.num_classes)  # (SyncBN is for GPUs; the trainer converts there)
     initial = {k: v.clone() for k, v in model.named_parameters()}
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = build_optimizer(cfg, model)
@@ -201,7 +201,7 @@ def _loss_inputs(name: str):
     if name == "retinanet":
         assert cfg.loss_normalizer == "batch"
     torch.manual_seed(0)
-    model = cfg.build_model(3).eval()
+    model = cfg.resolve().build_model(3).eval()
     images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         outputs = model(images)

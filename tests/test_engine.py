@@ -63,7 +63,7 @@ def test_init_from_torchvision_fcos_reinitialises_class_layer(tmp_path):
     path = tmp_path / "tv_fcos.pth"
     torch.save(tv.state_dict(), path)
     cfg = DemoConfig(backbone="resnet50", fpn_channels=256, num_convs=4)
-    model = cfg.build_model(num_classes=3)
+    model = cfg.resolve().build_model(num_classes=3)
     fresh_cls = model.head.cls_logits.weight.clone()
     # Category ids 1, 2, 200: 200 has no row in torchvision's 91 outputs -> class layer re-initialised.
     init_weights_from(model, cfg, str(path), [1, 2, 200])
@@ -71,21 +71,21 @@ def test_init_from_torchvision_fcos_reinitialises_class_layer(tmp_path):
     assert torch.equal(model.head.bbox_pred.weight, tv.head.regression_head.bbox_reg.weight)
     assert torch.equal(model.backbone.body.layer3[0].conv1.weight, tv.backbone.body.layer3[0].conv1.weight)
     # COCO-style ids pick torchvision's rows.
-    model = cfg.build_model(num_classes=3)
+    model = cfg.resolve().build_model(num_classes=3)
     init_weights_from(model, cfg, str(path), [1, 2, 90])
     assert torch.equal(model.head.cls_logits.weight, tv.head.classification_head.cls_logits.weight[[1, 2, 90]])
 
 
 def test_mismatched_checkpoint_is_a_clear_error():
-    small = DemoConfig().build_model(5)
-    other = DemoConfig(fpn_channels=32).build_model(5)
+    small = DemoConfig().resolve().build_model(5)
+    other = DemoConfig(fpn_channels=32).resolve().build_model(5)
     with pytest.raises(RuntimeError, match="does not fit the model built from the config"):
         load_model_weights(other, small.state_dict(), "x.pth")
 
 
 def test_non_finite_loss_stops_with_loss_dict_and_image_ids():
     """With on_spike=warn (updates anyway) a non-finite loss cannot be applied: the run stops."""
-    cfg = DemoConfig(log_interval=1, on_spike="warn")
+    cfg = DemoConfig(log_interval=1, on_spike="warn").resolve()
     model = torch.nn.Conv2d(3, 1, 1)
     batch = Batch(images=torch.zeros(2, 3, 32, 32, dtype=torch.uint8), targets=torch.zeros(2, 0, 5),
                   image_sizes=torch.tensor([[32, 32]] * 2), scales=torch.ones(2, 2),

@@ -115,7 +115,7 @@ def test_optimizer_of_every_config(config_file, weight_decay_1d):
     factor dropped or given to norm weights."""
     optimizer_class, weight_decay, bias_factor = CONFIGS[config_file]
     cfg = load_config(config_file, TINY_MODEL + [f"weight_decay_1d={weight_decay_1d}"])
-    model = cfg.build_model(5)
+    model = cfg.resolve().build_model(5)
     optimizer = build_optimizer(cfg, model)
     kinds = parameter_kinds(model)
     present = set(kinds.values())
@@ -151,7 +151,7 @@ def test_frozen_parameters_are_not_optimised():
     """With the paper's freezing (stem and stage 1, BatchNorm frozen) the frozen parameters are in
     no group and the trainable ones each in one: the stem conv is not moved by weight decay."""
     cfg = load_config("fcos/config.py", TINY_MODEL + ["frozen_stages=1", "freeze_bn=True"])
-    model = cfg.build_model(5)
+    model = cfg.resolve().build_model(5)
     groups = group_names(model, build_optimizer(cfg, model))
     in_groups = set().union(*[names for _, names in groups])
     frozen = {n for n, p in model.named_parameters() if n.split(".")[2] in ("conv1", "layer1")}
@@ -232,11 +232,11 @@ def test_trainer_steps_equal_the_update_by_hand(data, case):
         "check_images=off"])
     # The trainer's side, set up as train() sets it up.
     train_set = build_dataset(cfg, train=True)
-    resolve_for_run(cfg, len(train_set), 1, None, logging.getLogger("proof"))
+    cfg, _ = resolve_for_run(cfg, len(train_set), 1, logging.getLogger("proof"))
     loader = build_loader(cfg, train_set, True, CPU)
     loader.batch_sampler.set_epoch(0)
     torch.manual_seed(0)
-    model = cfg.build_model(train_set.num_classes)
+    model = cfg.resolve().build_model(train_set.num_classes)
     hand = copy.deepcopy(model)
     optimizer = build_optimizer(cfg, model)
     lr_scheduler = LRScheduler(optimizer, cfg, len(loader))

@@ -48,7 +48,7 @@ def test_min_area_wins_on_overlap():
 
 def test_empty_batch_gives_zero_box_loss():
     cfg = DemoConfig()
-    model = cfg.build_model(5)
+    model = cfg.resolve().build_model(5)
     outputs = model(torch.randn(2, 3, 64, 96))
     targets = torch.zeros(2, 0, 5)
     losses = FCOSLoss(cfg)(outputs, targets)
@@ -104,7 +104,7 @@ def test_relu_regression_starts_alive_from_scratch(bias, alive):
     from fcos.config import Config
     torch.manual_seed(0)
     cfg = Config(backbone="resnet18", pretrained=False, fpn_channels=64, num_convs=2, reg_bias_init=bias)
-    model = cfg.build_model(3).train()
+    model = cfg.resolve().build_model(3).train()
     images = torch.randn(2, 3, 128, 128)
     targets = torch.tensor([[[10, 20, 60, 70, 0], [70, 30, 120, 100, 1]],
                             [[30, 30, 90, 110, 2], [-1, -1, -1, -1, -1]]], dtype=torch.float)

@@ -84,7 +84,7 @@ def models(one_thread):
     for name in ("fcos", "atss", "retinanet"):
         torch.manual_seed(0)
         cfg = load_config(f"{name}/config.py", TINY)
-        out[name] = (cfg, cfg.build_model(NUM_CLASSES).eval())
+        out[name] = (cfg, cfg.resolve().build_model(NUM_CLASSES).eval())
     return out
 
 

@@ -36,7 +36,7 @@ def perturbed_model(name: str, num_classes: int, seed: int = 0):
     spread so that it scores many boxes of every class above 0.05 and NMS has work to do."""
     cfg = load_config(f"{name}/config_demo.py", SMALL)
     torch.manual_seed(seed)
-    model = cfg.build_model(num_classes).eval()
+    model = cfg.resolve().build_model(num_classes).eval()
     with torch.no_grad():
         model.head.cls_logits.weight.normal_(0, 0.05)
         model.head.cls_logits.bias.fill_(-1.0)

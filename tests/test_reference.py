@@ -54,7 +54,7 @@ def geometry(cfg, batch_size=2, image=IMAGE):
     key = (type(cfg), batch_size, image)
     if key not in _GEOMETRY:
         torch.manual_seed(0)
-        model = type(cfg)(**SMALL).build_model(NUM_CLASSES).eval()
+        model = type(cfg)(**SMALL).resolve().build_model(NUM_CLASSES).eval()
         with torch.no_grad():
             _GEOMETRY[key] = model(torch.zeros(batch_size, 3, *image))
     return dict(_GEOMETRY[key])

@@ -59,7 +59,7 @@ def test_plain_head_from_scratch_is_advised_against():
 ])
 def test_retinanet_head_norm_follows_the_weights(overrides, expected):
     cfg = RetinaNetConfig(**overrides)
-    assert cfg.effective("head_norm") == expected
+    assert cfg.resolve().head_norm == expected
     resolution = resolve(cfg, 240)
     assert resolution.values["head_norm"] == expected
     if cfg.head_norm == "auto":
@@ -69,9 +69,9 @@ def test_retinanet_head_norm_follows_the_weights(overrides, expected):
 
 
 def test_retinanet_from_scratch_builds_groupnorm_towers():
-    head = RetinaNetConfig(backbone="resnet18", pretrained=False).build_model(3).head
+    head = RetinaNetConfig(backbone="resnet18", pretrained=False).resolve().build_model(3).head
     assert sum(isinstance(m, torch.nn.GroupNorm) for m in head.modules()) == 8    # 4 per tower
-    head = RetinaNetConfig(backbone="resnet18", pretrained=False, head_norm="none").build_model(3).head
+    head = RetinaNetConfig(backbone="resnet18", pretrained=False, head_norm="none").resolve().build_model(3).head
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in head.modules())
 
 
@@ -100,7 +100,7 @@ def test_auto_head_norm_takes_the_checkpoint_value(tmp_path, capsys, no_results_
     cfg = load_config("retinanet/config.py", common + ["pretrained=True"])
     capsys.readouterr()
     result = evaluate_checkpoint(cfg, str(tmp_path / "run" / "latest.pth"))
-    assert cfg.head_norm == "GN" and result.stats is not None
+    assert cfg.head_norm == "auto" and result.stats is not None   # the spec took GN: its weights loaded
     assert "was trained and evaluated with" not in capsys.readouterr().out
     # Scored at another size than its run's: said, with the values to add.
     evaluate_checkpoint(load_config("retinanet/config.py", common + ["test_min_size=96", "max_size=128"]),
@@ -128,7 +128,7 @@ def test_auto_head_norm_takes_the_checkpoint_value(tmp_path, capsys, no_results_
     assert checkpoint["config"]["head_norm"] == "none" and "head.cls_tower.1.weight" not in checkpoint["model"]
     cfg = load_config("retinanet/config.py", plain + ["pretrained=False"])
     evaluate_checkpoint(cfg, str(tmp_path / "plain" / "latest.pth"))
-    assert cfg.head_norm == "none"
+    assert cfg.head_norm == "auto"   # unchanged: the spec took the checkpoint's plain towers (its weights loaded)
 
     # Fine-tuning (init_from: trained weights, so "auto" alone would mean plain) from the GN run.
     tuned = [c for c in common if not c.startswith("work_dir=")] + [f"work_dir={tmp_path / 'tuned'}"]
@@ -137,11 +137,11 @@ def test_auto_head_norm_takes_the_checkpoint_value(tmp_path, capsys, no_results_
 
 
 def test_backbone_built_from_scratch_trains_every_layer():
-    net = build_backbone(scratch()).body
+    net = build_backbone(scratch().resolve()).body
     assert all(p.requires_grad for p in net.parameters())
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in net.modules())
     assert isinstance(net.bn1, torch.nn.BatchNorm2d)
-    net = build_backbone(scratch(frozen_stages=1, freeze_bn=True)).body
+    net = build_backbone(scratch(frozen_stages=1, freeze_bn=True).resolve()).body
     assert not net.conv1.weight.requires_grad and not net.layer1[0].conv1.weight.requires_grad
     assert net.layer2[0].conv1.weight.requires_grad and isinstance(net.bn1, FrozenBatchNorm2d)
 
@@ -267,13 +267,15 @@ class ListLog:
 
 def test_resume_takes_the_stored_values_not_a_new_resolution():
     cfg = scratch(epochs=24, batch_size=4, lr=0.01)
-    stored = resolve_for_run(cfg, 36, 1, None, ListLog())
-    assert cfg.lr == pytest.approx(0.0025) and cfg.warmup_iters == 54 and cfg.lr_steps == (16, 22)
+    spec, stored = resolve_for_run(cfg, 36, 1, ListLog())
+    assert spec.lr == pytest.approx(0.0025) and spec.warmup_iters == 54 and spec.lr_steps == (16, 22)
+    assert (cfg.lr, cfg.warmup_iters) == (0.01, 500)            # the config itself is not changed
     # The same command on more data (or another batch) would resolve differently; a resumed run must not.
     again, log = scratch(epochs=24, batch_size=8, lr=0.01), ListLog()
-    kept = resolve_for_run(again, 3600, 1, stored, log)
-    assert kept is stored
-    assert (again.lr, again.warmup_iters, again.lr_steps, again.batch_size) == (cfg.lr, 54, (16, 22), 4)
+    kept_spec, kept = resolve_for_run(again, 3600, 1, log, resumed={"resolved": stored, "config": spec.to_dict()})
+    assert kept == stored
+    assert (kept_spec.lr, kept_spec.warmup_iters, kept_spec.lr_steps, kept_spec.batch_size) == (spec.lr, 54, (16, 22), 4)
+    assert kept_spec.source("lr") == "the checkpoint resumed"
     assert "stored in the checkpoint" in log.lines[0][1]
     assert log.lines[1] == ("warning", "resuming keeps the settings the run started with: batch_size=4 "
                                        "(this command asks for batch_size=8)")

@@ -376,7 +376,7 @@ def test_batch_normalizer_counts_positives_over_the_batch():
 
 def test_demo_model_shapes_and_empty_batch():
     cfg = DemoConfig()
-    model = cfg.build_model(5)
+    model = cfg.resolve().build_model(5)
     outputs = model(torch.randn(2, 3, 64, 96))
     # Octave base 2: P3 anchors of 16, 20.2 and 25.4 px; 9 per location of 8x12 + 4x6 + 2x3 + 1x2 + 1x1.
     N = (96 + 24 + 6 + 2 + 1) * 9

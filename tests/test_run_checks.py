@@ -38,7 +38,7 @@ def demo_checkpoint(path: Path, config: str = "fcos/config_demo.py", overrides=(
     torch.manual_seed(0)
     state = {"format": "densedet", "model_type": model_type(cfg), "config": cfg.to_dict(),
              "classes": {"names": list(names), "category_ids": list(ids)},
-             "model": cfg.build_model(len(ids)).state_dict(), "epoch": 1, "best_map": 0.0, "optimizer": {}}
+             "model": cfg.resolve().build_model(len(ids)).state_dict(), "epoch": 1, "best_map": 0.0, "optimizer": {}}
     if legacy:
         del state["model_type"]
     save_checkpoint(state, path)

@@ -99,7 +99,7 @@ def test_skipped_step_leaves_the_weights_and_advances_the_schedule(monkeypatch):
     """train_one_epoch with a loss that spikes at its 24th step: the weights after that step are
     those before it, every other step changes them, and the schedule counted every step."""
     cfg = load_config("fcos/config_demo.py", ["log_interval=1", "warmup_iters=0", "on_spike=skip",
-                                              "clip_grad_norm=0"])
+                                              "clip_grad_norm=0"]).resolve()
     model = nn.Conv2d(3, 1, 1)
     snapshots = []
 
@@ -192,7 +192,7 @@ def test_ema_under_mixed_precision_averages_the_float32_weights(monkeypatch, sca
     """train_one_epoch with autocast (bfloat16, what amp=True runs on a CPU) and EMA on: the EMA is
     the float64 hand average of the float32 weights after each step, and stays float32. With a
     loss scale (the float16 path on GPUs) the average is of the unscaled weights."""
-    cfg = load_config("fcos/config_demo.py", ["log_interval=1", "warmup_iters=0", "clip_grad_norm=0"])
+    cfg = load_config("fcos/config_demo.py", ["log_interval=1", "warmup_iters=0", "clip_grad_norm=0"]).resolve()
     torch.manual_seed(0)
     model = nn.Conv2d(3, 2, 3)
     ema = ModelEMA(model, decay=0.8, tau=1.5)

@@ -173,7 +173,7 @@ def fresh_checkpoint(path: Path, seed: int = 0) -> Path:
     """A randomly initialised demo FCOS saved with the metadata of a trained one."""
     cfg = load_config("fcos/config_demo.py")
     torch.manual_seed(seed)
-    model = cfg.build_model(len(DEMO_CLASSES))
+    model = cfg.resolve().build_model(len(DEMO_CLASSES))
     save_checkpoint({"format": "densedet", "model": model.state_dict(), "config": cfg.to_dict(), "epoch": 0,
                      "best_map": 0.0, "classes": {"names": list(DEMO_CLASSES), "category_ids": list(DEMO_CATEGORY_IDS)}},
                     path)

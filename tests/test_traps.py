@@ -64,13 +64,13 @@ def test_torchvision_coco_model_refused_for_other_classes(tv_fcos_r18, tmp_path)
         load_for_inference(FCOSConfig(), str(path), DEMO_IDS, DEMO_NAMES)
     # init_from: the class layer is re-initialised, everything else loaded
     cfg = FCOSConfig(backbone="resnet18", pretrained=False)
-    model = cfg.build_model(5)
+    model = cfg.resolve().build_model(5)
     fresh = model.head.cls_logits.weight.clone()
     init_weights_from(model, cfg, str(path), DEMO_IDS, DEMO_NAMES)
     assert torch.equal(model.head.cls_logits.weight, fresh)
     assert torch.equal(model.head.bbox_pred.weight, tv_fcos_r18.head.regression_head.bbox_reg.weight)
     # COCO names under other ids pick the rows of those names
-    model = cfg.build_model(2)
+    model = cfg.resolve().build_model(2)
     init_weights_from(model, cfg, str(path), [1, 2], ["dog", "person"])
     assert torch.equal(model.head.cls_logits.weight, tv_fcos_r18.head.classification_head.cls_logits.weight[[18, 1]])
 
@@ -114,7 +114,7 @@ def test_torchvision_retinanet_on_resnet34_converts():
     assert settings["backbone"] == "resnet34" and settings["p6_from"] == "p5"
     cfg = RetinaNetConfig(pretrained=False)
     cfg.update(settings)
-    missing, unexpected = cfg.build_model(2).load_state_dict(state, strict=False)
+    missing, unexpected = cfg.resolve().build_model(2).load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
 
 
@@ -130,12 +130,12 @@ def test_no_imagenet_weights_fetched_to_evaluate_or_fine_tune(tv_fcos_r18, tmp_p
     load_for_inference(cfg, str(path), [1, 2], ["person", "bicycle"])
     assert cfg.pretrained                                      # the config itself is unchanged
     with pytest.raises(AssertionError, match="ImageNet weights requested"):
-        FCOSConfig(backbone="resnet18").build_model(2)         # the guard is live
+        FCOSConfig(backbone="resnet18").resolve().build_model(2)         # the guard is live
 
     from public.engine.runs.weights import without_imagenet
     run = FCOSConfig(work_dir=str(tmp_path / "run"), init_from=str(path))
-    assert not without_imagenet(run).pretrained and run.pretrained
-    without_imagenet(run).build_model(2)                       # what train() builds before init_from: no fetch
+    assert not without_imagenet(run.resolve()).pretrained and run.pretrained
+    without_imagenet(run.resolve()).build_model(2)                       # what train() builds before init_from: no fetch
 
 
 # ---- init_from a densedet checkpoint of other classes ---------------------------------------
@@ -143,14 +143,14 @@ def test_no_imagenet_weights_fetched_to_evaluate_or_fine_tune(tv_fcos_r18, tmp_p
 def test_init_from_maps_classes_by_name(config, tmp_path, caplog):
     torch.manual_seed(0)
     cfg = config()
-    source = cfg.build_model(3)
+    source = cfg.resolve().build_model(3)
     with torch.no_grad():
         source.head.cls_logits.weight.normal_()
         source.head.cls_logits.bias.normal_()
     path = tmp_path / "ours.pth"
     save_checkpoint({"format": "densedet", "model": source.state_dict(), "config": {},
                      "classes": {"names": ["cat", "dog", "cow"], "category_ids": [1, 2, 3]}}, path)
-    model = cfg.build_model(3)
+    model = cfg.resolve().build_model(3)
     fresh_w, fresh_b = model.head.cls_logits.weight.clone(), model.head.cls_logits.bias.clone()
     with caplog.at_level(logging.WARNING, logger="densedet"):
         init_weights_from(model, cfg, str(path), [1, 2, 3], ["dog", "horse", "cat"])   # same count, other classes
@@ -165,7 +165,7 @@ def test_init_from_maps_classes_by_name(config, tmp_path, caplog):
     assert torch.equal(model.head.bbox_pred.weight, source.head.bbox_pred.weight)
     # another architecture is an error, not a silent re-initialisation
     with pytest.raises(RuntimeError, match="beyond its class layer"):
-        init_weights_from(config(fpn_channels=32).build_model(3), config(fpn_channels=32), str(path),
+        init_weights_from(config(fpn_channels=32).resolve().build_model(3), config(fpn_channels=32), str(path),
                           [1, 2, 3], ["cat", "dog", "cow"])
 
 

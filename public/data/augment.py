@@ -1,5 +1,6 @@
 """Training augmentations for small datasets: scale jitter with a random crop, photometric
-distortion, vertical flips and 90-degree rotations (numpy/OpenCV, ``dict -> dict``).
+distortion and 90-degree rotations (numpy/OpenCV, ``dict -> dict``; the flips, horizontal and
+vertical, are in ``public.data.transforms``).
 
 The sample dicts are those of ``public.data.transforms``: image uint8 [H, W, 3] RGB, boxes
 float32 [N, 4] xyxy pixels, labels int64 [N], image_id, orig_size (h, w), scale (sx, sy). Every
@@ -10,7 +11,7 @@ turns on, in the order
     -> PhotometricDistortion
 
 (geometry on the already resized, at most training-sized image; colour last, on the pixels that
-are kept). With everything off it is Resize -> RandomHorizontalFlip, as before.
+are kept). With everything off it is Resize -> RandomHorizontalFlip, the papers' pipeline.
 
 Randomness comes only from Python's ``random``, which ``public.data.seeding`` seeds from (seed,
 epoch, index) around every sample: an image gets the same augmentation in any process, worker
@@ -22,11 +23,11 @@ a crop or a flip does not change it, a rotation by an odd multiple of 90 degrees
 ``boxes_now = boxes_original * scale`` then no longer holds, which only matters where predictions
 are mapped back to the original image: at evaluation, where none of these transforms runs.
 
-Why our own numpy/OpenCV code rather than torchvision.transforms.v2 (measured on a 400x400
-image, one thread, AMD EPYC; bench/loader.py times the whole loader):
+Why our own numpy/OpenCV code rather than torchvision.transforms.v2 (the timings are in
+docs/benchmarks.md, "Augmentation kernels"; bench/loader.py times the whole loader):
 
 - Geometry. Flips, rotations by 90 degrees and crops are exact array operations (numpy slices,
-  ``cv2.rotate``: 0.02-0.07 ms) and their box maths are the few lines below, checked against
+  ``cv2.rotate``) and their box maths are the few lines below, checked against
   hand-computed boxes and drawn pixels in tests/test_augment.py. v2 does not fit the rule we
   need: ``v2.RandomCrop`` raises on an image smaller than the crop unless it pads it (we leave it
   smaller; collate pads the batch), torchvision's ``FixedSizeCrop`` lives in its reference
@@ -35,10 +36,9 @@ image, one thread, AMD EPYC; bench/loader.py times the whole loader):
   angle from a continuous range, not one of four quarter turns; ``F.rotate(x, 90 * k,
   expand=True)`` is exact, and the tests use it as the oracle of our box formula.
 - Colour. torchvision's kernels are the definitions we follow (``F.adjust_brightness``,
-  ``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``), but on a uint8 tensor they take
-  1.0, 1.2, 1.5 and 13 ms; computed here with OpenCV lookup tables, a saturating blend and
-  OpenCV's float HSV conversion they take 0.2, 0.4, 0.2 and 2.5 ms and agree with torchvision's
-  to 1 grey level (tests/test_augment.py checks this against torchvision on every run).
+  ``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``), but on a uint8 tensor they are 2-6x
+  slower than OpenCV lookup tables, a saturating blend and OpenCV's float HSV conversion, which
+  agree with torchvision's to 1 grey level (tests/test_augment.py checks this against torchvision on every run).
 - Albumentations does all of this (its ``BboxParams(min_visibility=...)`` is our crop rule),
   but it is not a dependency, and what we need is under 300 lines proven against hand-made
   answers and torchvision: not worth a new dependency and its version churn.
@@ -55,27 +55,6 @@ import numpy as np
 
 
 # ----------------------------------------------------------------------------- orientation
-
-class RandomVerticalFlip:
-    """Mirror the image top-bottom with probability `prob`; boxes follow: y1' = H - y2, y2' = H - y1."""
-
-    def __init__(self, prob: float = 0.5):
-        self.prob = prob
-
-    def __call__(self, sample: dict) -> dict:
-        if random.random() >= self.prob:
-            return sample
-        image = sample["image"]
-        height = image.shape[0]
-        boxes = sample["boxes"]  # [N, 4]
-        out = dict(sample)
-        out["image"] = np.ascontiguousarray(image[::-1])
-        out["boxes"] = np.stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], axis=1)
-        return out
-
-    def __repr__(self) -> str:
-        return f"RandomVerticalFlip(prob={self.prob})"
-
 
 _CV2_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
 
@@ -172,9 +151,7 @@ class ScaleJitterCrop:
     """
 
     def __init__(self, resize, scale_range: tuple[float, float], min_visibility: float):
-        low, high = scale_range
-        if not 0 < low <= high:
-            raise ValueError(f"scale jitter range must be (low, high) with 0 < low <= high, got {scale_range!r}")
+        low, high = scale_range   # 0 < low <= high: the scale_jitter key's declaration checks it
         self.resize, self.scale_range, self.min_visibility = resize, (float(low), float(high)), min_visibility
 
     def draw(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:

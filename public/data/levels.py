@@ -7,7 +7,6 @@ or ``anchor_rule``); ``train.py`` prints ``level_warnings`` at start and
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -129,8 +128,7 @@ def level_spread_hint(cfg, wh: np.ndarray) -> str | None:
     for factor in _LEVEL_FACTORS:
         value = getattr(cfg, key)
         scaled = tuple(type(v)(v * factor) for v in value) if isinstance(value, tuple) else value * factor
-        trial = copy.copy(cfg)
-        setattr(trial, key, scaled)
+        trial = cfg.replace(**{key: scaled})
         trial_level, trial_small, _ = trial.level_rule().assign(wh)
         trial_shares = np.bincount(trial_level, minlength=len(FPN_STRIDES)) / len(trial_level)
         if trial_small.sum() > too_small.sum() + 0.02 * len(wh):

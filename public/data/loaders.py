@@ -45,6 +45,18 @@ def ensure_builtin_data(cfg) -> None:
         BUILTIN_DATA[root]()
 
 
+
+def prepare_builtin_data(cfg) -> None:
+    """Generate the built-in dataset the config points into (demo shapes or tree crowns): the
+    first process generates it while the others wait (under torchrun)."""
+    if not uses_demo_data(cfg):
+        return
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_rank() == 0:
+        ensure_builtin_data(cfg)
+    if distributed:
+        torch.distributed.barrier()
+
 def build_dataset(cfg, train: bool) -> CocoDetection:
     images, annotations = ((cfg.train_images, cfg.train_annotations) if train
                            else (cfg.val_images, cfg.val_annotations))

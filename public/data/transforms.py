@@ -3,8 +3,8 @@
 A sample is the dict `CocoDetection` returns: image uint8 [H, W, 3], boxes float32 [N, 4]
 xyxy pixels, labels int64 [N], image_id, orig_size (h, w), scale (sx, sy). Transforms that
 move pixels keep `scale` up to date so that `boxes_now = boxes_original * scale` (except the
-flips here and the training augmentations of `public.data.augment`, which keep it as the resize
-factor: at training it is not read).
+flips, horizontal and vertical, here and the training augmentations of `public.data.augment`,
+which keep it as the resize factor: at training it is not read).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 import cv2
 import numpy as np
 
-from public.data.augment import PhotometricDistortion, RandomRot90, RandomVerticalFlip, ScaleJitterCrop
+from public.data.augment import PhotometricDistortion, RandomRot90, ScaleJitterCrop
 
 
 class Compose:
@@ -93,8 +93,10 @@ class Resize:
         return f"Resize(min_sizes={self.min_sizes}, max_size={self.max_size}, mode={self.mode!r}, square={self.square})"
 
 
-class RandomHorizontalFlip:
-    """Mirror the image left-right with probability `prob`; boxes follow: x1' = W - x2, x2' = W - x1."""
+class RandomFlip:
+    """Mirror the image along ``axis`` (1: left-right, 0: top-bottom) with probability ``prob``;
+    boxes follow: x1' = W - x2, x2' = W - x1 (or y1' = H - y2, y2' = H - y1)."""
+    axis = 1
 
     def __init__(self, prob: float = 0.5):
         self.prob = prob
@@ -102,16 +104,28 @@ class RandomHorizontalFlip:
     def __call__(self, sample: dict) -> dict:
         if random.random() >= self.prob:
             return sample
-        image = sample["image"]
-        width = image.shape[1]
-        boxes = sample["boxes"]  # [N, 4]
+        image, boxes = sample["image"], sample["boxes"]   # [H, W, 3], [N, 4]
+        size = image.shape[self.axis]                      # W or H
+        low, high = (0, 2) if self.axis == 1 else (1, 3)   # the box columns along the axis
+        flipped = boxes.copy()
+        flipped[:, low], flipped[:, high] = size - boxes[:, high], size - boxes[:, low]
         out = dict(sample)
-        out["image"] = np.ascontiguousarray(image[:, ::-1])
-        out["boxes"] = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+        out["image"] = np.ascontiguousarray(np.flip(image, self.axis))
+        out["boxes"] = flipped
         return out
 
     def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(prob={self.prob})"
+        return f"{type(self).__name__}(prob={self.prob})"
+
+
+class RandomHorizontalFlip(RandomFlip):
+    """Mirror the image left-right with probability `prob`; boxes follow: x1' = W - x2, x2' = W - x1."""
+    axis = 1
+
+
+class RandomVerticalFlip(RandomFlip):
+    """Mirror the image top-bottom with probability `prob`; boxes follow: y1' = H - y2, y2' = H - y1."""
+    axis = 0
 
 
 def build_transforms(cfg, train: bool) -> Compose:
@@ -128,24 +142,21 @@ def build_transforms(cfg, train: bool) -> Compose:
     Resize or ScaleJitterCrop, RandomHorizontalFlip, RandomVerticalFlip, RandomRot90,
     PhotometricDistortion.
     """
-    if cfg.resize_mode not in ("keep_ratio", "square"):
-        raise ValueError(f"resize_mode must be 'keep_ratio' or 'square', got {cfg.resize_mode!r}")
     square = cfg.resize_mode == "square"
-    if not train and getattr(cfg, "test_resize", "opencv") == "torchvision":
+    if not train and cfg.test_resize == "torchvision":
         if square:
             raise ValueError("test_resize='torchvision' keeps the aspect ratio: it needs resize_mode='keep_ratio'")
         return Compose([])
     if train:
         resize = Resize(tuple(cfg.min_size), cfg.max_size, cfg.multiscale_mode, square)
-        scale_jitter = tuple(getattr(cfg, "scale_jitter", (1.0, 1.0)))
-        if scale_jitter != (1.0, 1.0):
-            resize = ScaleJitterCrop(resize, scale_jitter, cfg.crop_min_visibility)
+        if tuple(cfg.scale_jitter) != (1.0, 1.0):
+            resize = ScaleJitterCrop(resize, tuple(cfg.scale_jitter), cfg.crop_min_visibility)
         steps = [resize, RandomHorizontalFlip(cfg.hflip_prob)]
-        if getattr(cfg, "vflip_prob", 0.0) > 0:
+        if cfg.vflip_prob > 0:
             steps.append(RandomVerticalFlip(cfg.vflip_prob))
-        if getattr(cfg, "rot90", False):
+        if cfg.rot90:
             steps.append(RandomRot90())
-        if getattr(cfg, "photometric", 0.0) > 0:
+        if cfg.photometric > 0:
             steps.append(PhotometricDistortion(cfg.photometric))
         return Compose(steps)
     return Compose([Resize((cfg.test_min_size,), cfg.max_size, "choice", square)])

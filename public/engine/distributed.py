@@ -94,14 +94,3 @@ def amp_dtype_of(cfg, device_type: str = "cuda") -> torch.dtype | None:
             "float32); CPUs without native bfloat16 run it slower than float32 too: amp=False is usually fastest")
         return torch.bfloat16
     return getattr(torch, cfg.amp_dtype)
-
-
-def prepare_demo_data(cfg) -> None:
-    """Generate the built-in datasets the config points into, demo shapes or tree crowns (the
-    main process, while the others wait)."""
-    from public.data.loaders import ensure_builtin_data, uses_demo_data
-
-    if uses_demo_data(cfg):
-        if is_main_process():
-            ensure_builtin_data(cfg)
-        barrier()

@@ -96,22 +96,16 @@ def use_deformable_convs(net: nn.Module, dcn_stages: tuple) -> None:
             block.conv2 = DeformConv.from_conv(block.conv2, modulated=True)
 
 
-def backbone_freezing(cfg) -> tuple[int, bool]:
-    """(frozen_stages, freeze_bn) for ``cfg``, with "auto" resolved: the paper's fine-tuning
-    recipe (stem + stage 1 and BatchNorm frozen) when the backbone starts from trained weights
-    (``pretrained``, ``backbone_weights`` or ``init_from``), everything trained from random
-    init, where freezing would only keep random weights and identity BatchNorm."""
-    return cfg.effective("frozen_stages"), cfg.effective("freeze_bn")
-
-
 def build_backbone(cfg) -> BackboneWithFPN:
     """ResNet/ResNeXt C3-C5 + FPN P3-P5 + P6/P7. Output: OrderedDict of 5 maps with
     ``cfg.fpn_channels`` channels at strides 8, 16, 32, 64, 128.
 
-    Frozen stages and frozen BN follow ``backbone_freezing``: the paper's fine-tuning recipe
-    with trained weights, everything trained from scratch, unless set explicitly.
+    ``cfg`` is a run spec (``cfg.resolve()``): ``frozen_stages`` and ``freeze_bn`` are plain values
+    there (their "auto": the paper's fine-tuning recipe with trained weights, everything trained
+    from scratch).
     """
-    frozen_stages, freeze_bn = backbone_freezing(cfg)
+    cfg.require_spec("building the backbone")
+    frozen_stages, freeze_bn = cfg.frozen_stages, cfg.freeze_bn
     norm_layer = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
     net = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm_layer)
     use_deformable_convs(net, cfg.dcn_stages)

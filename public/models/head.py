@@ -27,10 +27,9 @@ def conv_tower(channels: int, num_convs: int, norm: str = "GN") -> nn.Sequential
     """``num_convs`` x (3x3 conv, GroupNorm(32) or nothing, ReLU), as an ``nn.Sequential``.
 
     With GN the layout (conv, GN, ReLU, conv, GN, ReLU, ...) is the one of torchvision's FCOS
-    head, so its ``conv.{i}`` parameters map index for index.
+    head, so its ``conv.{i}`` parameters map index for index. ``norm``: the spec's ``head_norm``,
+    "GN" or "none" (its declaration allows nothing else).
     """
-    if norm not in ("GN", "none"):
-        raise ValueError(f"head_norm must be 'GN' or 'none', got {norm!r}")
     layers: list[nn.Module] = []
     for _ in range(num_convs):
         conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import torch
 
-from public.data.loaders import build_dataset, build_loader
+from public.data.loaders import build_dataset, build_loader, prepare_builtin_data
 from public.data.prefetcher import eval_resize
 from public.engine import distributed as dist_utils
-from public.engine.distributed import amp_dtype_of, prepare_demo_data
+from public.engine.distributed import amp_dtype_of
 from public.engine.evaluate.evaluator import (EvalResult, evaluate, format_per_class, format_stats, log_evaluation,
                                               predict_onnx, score_shards)
 from public.engine.evaluate.inference import Predictor, filter_by_thresholds, load_model, predict_tta, tta_passes
@@ -47,10 +47,11 @@ def score_checkpoint(cfg, path: str, tta: bool = False, save_thresholds: bool = 
     the config's validation set, sharded over the ranks."""
     device = dist_utils.init_distributed(cfg.device)
     setup_logging(None, dist_utils.is_main_process())
-    prepare_demo_data(cfg)
+    prepare_builtin_data(cfg)
     check_val_data(cfg)
     val_set = build_dataset(cfg, train=False)
     loaded = load_model(cfg, path, val_set.category_ids, val_set.class_names)
+    cfg = loaded.cfg   # the run spec
     if save_thresholds and is_onnx(path):
         raise ValueError(f"--save-thresholds stores thresholds in a .pth checkpoint, not in {path}: run it on the "
                          f"checkpoint, then export again (the thresholds go into the ONNX file's metadata)")
@@ -189,6 +190,7 @@ class Detector:
         category_ids, class_names = ((None, None) if checkpoint is None or is_densedet(checkpoint)
                                      else dataset_categories(cfg))
         loaded = load_model(cfg, path, category_ids, class_names, checkpoint)
+        cfg = loaded.cfg   # the run spec
         self.class_names, self.category_ids = loaded.class_names, loaded.category_ids
         if score_thresh is not None:
             values, source = [score_thresh] * len(self.class_names), f"--score-thresh {score_thresh}"

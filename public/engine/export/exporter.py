@@ -39,11 +39,11 @@ from torch import nn
 from torchvision.ops import nms
 
 from public.data.prefetcher import normalize
+from public.engine.runs.stored import METADATA_KEY
 
 logger = logging.getLogger("densedet")
 
 OPSET = 17
-METADATA_KEY = "densedet"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 SCORE_WEIGHT_PX = 1000.0   # match_detections: a score difference of 1e-3 counts as 1 px
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from public.engine.runs.checkpoint import LoadedModel
 from public.engine.export.exporter import METADATA_KEY, OUTPUT_NAMES, require_onnx
+from public.engine.runs.stored import read_metadata  # noqa: F401  (re-exported: an exported file's run)
 
 logger = logging.getLogger("densedet")
 
@@ -73,25 +74,6 @@ class OnnxModel(nn.Module):
                  "labels": torch.from_numpy(labels[i, :n])} for i, n in enumerate(counts.tolist())]
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The ``densedet`` metadata of an exported file (read with onnx, without a runtime session);
-    ValueError for a file export.py did not write."""
-    require_onnx()
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # onnx raises its own types for a damaged file
-        raise ValueError(f"onnx cannot read {path}: {error}") from error
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise ValueError(f"{path} was not written by export.py (no '{METADATA_KEY}' metadata)")
-    return json.loads(props[METADATA_KEY])
-
-
 def load_onnx(cfg, path: str, category_ids: list[int] | None = None,
               class_names: list[str] | None = None) -> LoadedModel:
     """``load_for_inference`` for an exported file: the classes and thresholds come from its
@@ -103,7 +85,7 @@ def load_onnx(cfg, path: str, category_ids: list[int] | None = None,
         raise ValueError(f"{path} was exported from a model trained on category ids {trained_ids} but the "
                          f"config's data ({cfg.val_annotations}) has {list(category_ids)}")
     _warn_differences(cfg, meta, path)
-    return LoadedModel(model, cfg, list(meta["classes"]["names"]), trained_ids, meta.get("score_thresholds"))
+    return LoadedModel(model, cfg.resolve(), list(meta["classes"]["names"]), trained_ids, meta.get("score_thresholds"))
 
 
 def _warn_differences(cfg, meta: dict, path) -> None:

@@ -27,7 +27,8 @@ from torch import nn
 
 from public.engine.command import os_error_of
 from public.engine.runs.weights import without_imagenet
-from public.engine.runs.identity import check_checkpoint, eval_input_differences, take_auto_settings
+from public.engine.runs.identity import check_checkpoint, eval_input_differences
+from public.keys import RunFacts
 
 logger = logging.getLogger("densedet")
 
@@ -119,11 +120,11 @@ def load_model_weights(model: nn.Module, state: dict, path: str = "", reinit_mis
 class LoadedModel:
     """A model ready for inference and what the checkpoint says about it."""
     model: nn.Module                          # in eval mode, on the CPU
-    cfg: object                               # the config, with a foreign checkpoint's settings applied
+    cfg: object                               # the run spec: the config resolved against the checkpoint
     class_names: list[str]
     category_ids: list[int]                   # label i <-> category_ids[i]
     score_thresholds: list | None = None      # per label, float or None (undetermined); None if absent
-    overrides: dict = field(default_factory=dict)  # settings a foreign checkpoint imposed on cfg
+    overrides: dict = field(default_factory=dict)  # settings a foreign checkpoint imposed on the spec
     densedet: bool = True                     # False: a converted foreign state dict
 
 
@@ -145,15 +146,19 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
     Raises:
         ValueError for a model, settings or classes that do not match, RuntimeError (``load_model_weights``'s
         message) for a model that does not fit the config, FileNotFoundError / RuntimeError
-        for a missing or unreadable file. ``cfg`` is updated in place with a foreign
-        checkpoint's settings (also returned in ``overrides``).
+        for a missing or unreadable file.
+
+    Returns the model and the run spec (``LoadedModel.cfg``, what the rest of the job reads):
+    ``cfg`` resolved against the checkpoint (a structure key left "auto" takes the checkpoint's
+    value; a converted foreign checkpoint's settings, also in ``overrides``, win). ``cfg`` itself
+    is not changed.
     """
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
-    thresholds = None
+    thresholds, stored = None, {}
     if is_densedet(checkpoint):
         trained_ids = [int(i) for i in checkpoint["classes"]["category_ids"]]
         check_checkpoint(checkpoint, cfg, path, class_names, category_ids, what="load")
-        take_auto_settings(cfg, checkpoint.get("config") or {})
+        stored = checkpoint.get("config") or {}
         differ = eval_input_differences(cfg, checkpoint.get("config") or {})
         if differ:
             logger.warning("%s was trained and evaluated with %s; this config resizes with %s: add %s to the "
@@ -170,15 +175,25 @@ def load_for_inference(cfg, path: str, category_ids: list[int] | None = None,
                              f"({', '.join(map(str, (class_names or category_ids)[:8]))}): it cannot score them; "
                              f"fine-tune it on them with init_from={path}")
         logger.info("%s is a converted foreign checkpoint; using its settings: %s", path, overrides)
-        cfg.update(overrides)
-    model = build_model_for_checkpoint(cfg, len(category_ids))
+    spec = spec_for_checkpoint(cfg, path, stored, overrides)
+    model = build_model_for_checkpoint(spec, len(category_ids))
     load_model_weights(model, state, path)
     model.eval()
     names = list(class_names) if class_names is not None else [str(i) for i in category_ids]
-    return LoadedModel(model, cfg, names, list(category_ids), thresholds, overrides, is_densedet(checkpoint))
+    return LoadedModel(model, spec, names, list(category_ids), thresholds, overrides, is_densedet(checkpoint))
 
 
-def build_model_for_checkpoint(cfg, num_classes: int) -> nn.Module:
-    """``cfg``'s model without ImageNet weights (no download, no backbone file read): every
+def spec_for_checkpoint(cfg, path: str, stored: dict, overrides: dict):
+    """The run spec that uses the checkpoint at ``path``: ``cfg`` resolved with ``stored`` (the
+    checkpoint's config) for its "auto" structure keys and ``overrides`` (a converted foreign
+    checkpoint's settings) set. A spec already resolved takes only ``overrides``."""
+    if cfg.frozen:
+        return cfg.replace(**overrides) if overrides else cfg
+    return cfg.resolve(RunFacts(stored=stored, stored_source=f"checkpoint {path}"), overrides,
+                       {key: f"checkpoint {path} (converted)" for key in overrides})
+
+
+def build_model_for_checkpoint(spec, num_classes: int) -> nn.Module:
+    """The run spec's model without ImageNet weights (no download, no backbone file read): every
     weight will come from a full checkpoint."""
-    return without_imagenet(cfg).build_model(num_classes)
+    return without_imagenet(spec).build_model(num_classes)

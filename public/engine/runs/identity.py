@@ -21,6 +21,8 @@ import json
 import logging
 from pathlib import Path
 
+from public.keys import is_auto
+
 logger = logging.getLogger("densedet")
 
 # What a run writes into its work_dir; overwrite=True deletes these before a new run starts.
@@ -69,21 +71,7 @@ def eval_input_differences(cfg, stored_config: dict) -> tuple[str, str] | None:
 
 
 def _is_auto(cfg, key: str) -> bool:
-    return _is_auto_value(getattr(cfg, key, None))
-
-
-def take_auto_settings(cfg, stored_config: dict) -> dict:
-    """Set the decisive settings that ``cfg`` leaves "auto" (``head_norm``) to the values of the
-    run that made a checkpoint (``stored_config``, its config), so that the model built has the
-    checkpoint's structure; returns what was set."""
-    taken = {key: stored_config[key] for key in decisive_keys(cfg)
-             if _is_auto(cfg, key) and key in stored_config and not _is_auto_value(stored_config[key])}
-    cfg.update(taken)
-    return taken
-
-
-def _is_auto_value(value) -> bool:
-    return isinstance(value, str) and value == "auto"
+    return is_auto(getattr(cfg, key, None))
 
 
 def _same(a, b) -> bool:

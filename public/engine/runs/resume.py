@@ -95,7 +95,7 @@ def restore(checkpoint: dict, path: str, model, optimizer, scheduler, scaler) ->
     last epoch if its evaluation is to be run again, else None). Random states are restored
     separately (``restore_rng``), just before training continues."""
     load_model_weights(model, checkpoint.get("train_model", checkpoint["model"]), path)
-    load_optimizer_state(optimizer, checkpoint["optimizer"], model, path)
+    load_optimizer_state(optimizer, checkpoint["optimizer"], path)
     scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
     epoch, best_map = int(checkpoint["epoch"]), float(checkpoint["best_map"])
@@ -105,31 +105,17 @@ def restore(checkpoint: dict, path: str, model, optimizer, scheduler, scaler) ->
     return epoch, best_map, pending
 
 
-def load_optimizer_state(optimizer, saved: dict, model, path: str) -> None:
-    """``optimizer.load_state_dict(saved)``; a ``latest.pth`` of an earlier densedet, whose
-    optimizer had two groups (decayed weights, then every 1-D and 0-D parameter) where this one has
-    three (weights, biases, other 1-D: ``parameter_groups``), has its per-parameter state (momentum,
-    Adam's moments) moved to the same parameters here. Any other difference is an error naming
-    the file."""
-    groups = [group["params"] for group in saved["param_groups"]]
-    if [len(g) for g in groups] == [len(g["params"]) for g in optimizer.param_groups]:
-        optimizer.load_state_dict(saved)
-        return
-    trained = [param for param in model.parameters() if param.requires_grad]
-    old_layouts = ([param for param in trained if param.ndim > 1], [param for param in trained if param.ndim <= 1])
-    if len(groups) != 2 or tuple(map(len, groups)) not in (tuple(map(len, old_layouts)), (len(trained), 0)):
-        raise ValueError(f"{path}: its optimizer state has {len(groups)} parameter groups of "
-                         f"{[len(g) for g in groups]} parameters, this run's optimizer {len(optimizer.param_groups)} "
-                         f"of {[len(g['params']) for g in optimizer.param_groups]}: it was written by another version "
+def load_optimizer_state(optimizer, saved: dict, path: str) -> None:
+    """``optimizer.load_state_dict(saved)``, after checking that ``saved`` has this run's parameter
+    groups (weights, biases, other 1-D: ``parameter_groups``): another layout is an error naming the
+    file and what to do instead."""
+    saved_sizes = [len(group["params"]) for group in saved["param_groups"]]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != sizes:
+        raise ValueError(f"{path}: its optimizer state has {len(saved_sizes)} parameter groups of {saved_sizes} "
+                         f"parameters, this run's optimizer {len(sizes)} of {sizes}: it was written by another version "
                          f"or model; start from its weights with init_from={path} instead of resuming")
-    old_order = [*old_layouts[0], *old_layouts[1]] if len(groups[1]) else trained   # weight_decay_1d: one group
-    new_index = {id(param): i for i, param in enumerate(p for g in optimizer.param_groups for p in g["params"])}
-    index_of_old = {old: new_index[id(param)] for old, param in zip([i for g in groups for i in g], old_order)}
-    current = optimizer.state_dict()
-    current["state"] = {index_of_old[old]: state for old, state in saved["state"].items()}
-    optimizer.load_state_dict(current)
-    logger.warning("warning: %s holds the optimizer of an earlier densedet (2 parameter groups): its state was "
-                   "moved to this version's 3 (weights, biases at bias_lr_factor x the lr, other 1-D)", path)
+    optimizer.load_state_dict(saved)
 
 
 def restore_ema(checkpoint: dict, ema) -> None:

@@ -2,7 +2,6 @@
 ImageNet (nothing to download), and a fine-tuning start whose classes are matched by name."""
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -12,16 +11,13 @@ logger = logging.getLogger("densedet")
 CLASS_LAYER = ("head.cls_logits.weight", "head.cls_logits.bias")
 
 
-def without_imagenet(cfg):
-    """A copy of ``cfg`` that builds its model without ImageNet weights (``pretrained=False``,
+def without_imagenet(spec):
+    """The run spec ``spec`` building its model without ImageNet weights (``pretrained=False``,
     no ``backbone_weights``), for a model whose every weight a checkpoint will overwrite:
-    evaluation, resuming, fine-tuning from a full checkpoint. ``cfg`` itself is unchanged
-    (the settings that depend on ``pretrained`` stay as resolved, ``head_norm`` included)."""
-    build_cfg = copy.copy(cfg)
-    build_cfg.head_norm = cfg.effective("head_norm")
-    build_cfg.pretrained = False
-    build_cfg.backbone_weights = ""
-    return build_cfg
+    evaluation, resuming, fine-tuning from a full checkpoint. The settings resolved from
+    ``pretrained`` (freezing, ``head_norm``) stay as they are in ``spec``."""
+    spec.require_spec("building a model for a checkpoint")
+    return spec.replace(pretrained=False, backbone_weights="")
 
 
 def match_classes_by_name(state: dict, checkpoint_classes: dict, category_ids: list[int],
