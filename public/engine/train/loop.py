@@ -80,6 +80,13 @@ def init_weights_from(model, cfg, path: str, category_ids: list[int], class_name
 # ---- the run -------------------------------------------------------------------------------
 def train(cfg) -> float:
     """Train ``cfg``; returns the best mAP. Launched once per process (torchrun for DDP)."""
+    try:
+        return _train(cfg)
+    finally:   # the work_dir's lock, taken in prepare_work_dir: released at the end and on any error
+        resume_utils.release_work_dir(cfg)
+
+
+def _train(cfg) -> float:
     device = dist_utils.init_distributed(cfg.device)
     main = dist_utils.is_main_process()
     work_dir = Path(cfg.work_dir)
@@ -87,7 +94,7 @@ def train(cfg) -> float:
     notes = resume_utils.prepare_work_dir(cfg)   # refuses a work_dir that holds another run
     setup_logging(str(work_dir), main)
     for note in notes:
-        logger.info(note)
+        (logger.warning if note.startswith("warning") else logger.info)(note)
     seed_everything(cfg.seed + dist_utils.get_rank())
 
     check_eval_backend(cfg.eval_backend)
