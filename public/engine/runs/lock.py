@@ -9,9 +9,11 @@ writes anything. A lock whose holder is gone is taken over with a warning:
   died): the holder refreshes the file's time every ``HEARTBEAT_S`` seconds, so a lock not
   refreshed for ``STALE_AFTER_S`` seconds is left by a run that is gone.
 
-The lock is released at the end of the run and on any error, SIGTERM included (a scheduler's
-preemption, torchrun stopping its workers to restart them): SIGTERM is turned into SystemExit
-while the lock is held. Only a SIGKILL or a crash of the machine leaves a stale lock behind.
+The lock is released at the end of the run and on any error, and on SIGTERM (a scheduler's
+preemption, torchrun stopping its workers to restart them): while the lock is held, SIGTERM
+releases it, then ends the process as it would have. A SIGKILL, a crash of the machine, or a
+SIGTERM that arrives while the process waits inside a collective (its handler cannot run; then
+SIGKILL follows) leaves a stale lock behind, taken over by the next run.
 ``--evaluate`` and ``test.py`` write beside the checkpoint and take no lock.
 """
 from __future__ import annotations
@@ -163,7 +165,12 @@ def acquire(work_dir: str | Path) -> str | None:
 
 
 def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)   # unwinds the run: its finally releases the lock
+    """Release every lock of this process, then die of SIGTERM as without this handler (no
+    unwinding: a run's teardown could wait on a collective of a process that is gone)."""
+    for work_dir in [held.path.parent for held in _held.values()]:
+        release(work_dir)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def release(work_dir: str | Path) -> bool:
