@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from public.data import validation_cache as _cache
+
 FATAL, REPAIRED = "fatal", "repaired"
 SHOW = 5                      # how many offending ids / files a message lists
 CHECK_IMAGES = ("header", "decode", "off")
@@ -188,11 +190,15 @@ def validate_coco(images_dir: str, annotations_file: str, check_images: str = "h
     if check_images not in CHECK_IMAGES:
         raise ValueError(f"check_images must be one of {CHECK_IMAGES}, got {check_images!r}")
     report = Validation(str(annotations_file), str(images_dir))
+    cached = _cache.load(report, check_images)
+    if cached is not None:
+        return cached
     _validate(report, images_dir, annotations_file, check_images)
     # The parsed json is gone now: the few Python objects kept are made afresh (not the json's own,
     # which would keep its memory pages from being freed).
     report.image_ids = np.asarray(report.image_ids, dtype=np.int64).tolist()
     report.file_names = np.array([str(name) for name in report.file_names], dtype=str)  # [I] str
+    _cache.save(report, check_images)
     return report
 
 
