@@ -6,9 +6,13 @@ outside, so the production code carries no hook:
 - ``iter:N``: after the optimizer step of iteration N (the scheduler's step);
 - ``eval:E``: after the first batch of the evaluation after epoch E;
 - ``save:NAME:E``: inside the atomic write of checkpoint NAME of epoch E, with the temporary
-  file written and not yet renamed.
+  file written and not yet renamed;
+- ``kill:R:N``: the process of rank R (torchrun's RANK) SIGKILLs itself after the optimizer
+  step of iteration N, once: MARKER is written first, and a process that finds it goes on (so
+  the run torchrun restarts is not killed again).
 """
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -42,6 +46,17 @@ def install(point: str, marker: str) -> None:
                 self.val_loader = _hold_after_first(self.val_loader, marker, point)
             return evaluate_epoch(self, epoch, losses)
         loop.EpochEvaluation.__call__ = held_evaluation
+    elif kind == "kill":
+        rank, _, iteration = where.partition(":")
+        step = LRScheduler.step
+
+        def killing_step(self):
+            step(self)
+            if (self.iteration == int(iteration) and os.environ.get("RANK", "0") == rank
+                    and not Path(marker).exists()):
+                Path(marker).write_text(point)
+                os.kill(os.getpid(), signal.SIGKILL)
+        LRScheduler.step = killing_step
     elif kind == "save":
         name, _, epoch = where.partition(":")
         save, replace, saving = checkpoint.save_checkpoint, os.replace, {}

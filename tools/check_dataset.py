@@ -149,17 +149,17 @@ def check(cfg, decode: bool = False, plot_to: str | None = None, out=sys.stdout)
         for group in report.repaired:
             say(f"  repaired {group.format()}")
         fatal |= bool(report.fatal)
-        if report.ground_truth is not None:
+        if report.cleaned:
             for line in summary_lines(report):
                 say(f"  {line}")
         say()
-    if all(r.ground_truth is not None for r in reports.values()):
+    if all(r.cleaned for r in reports.values()):
         try:
             check_same_classes(reports["train"], reports["val"], cfg.train_annotations, cfg.val_annotations)
         except DatasetError as error:
             say(f"FATAL {error}")
             fatal = True
-    ready = {name: r for name, r in reports.items() if r.ground_truth is not None}
+    ready = {name: r for name, r in reports.items() if r.cleaned}
     splits = {name: resized_box_sizes(r, cfg, name == "train") for name, r in ready.items()}
     rule = cfg.level_rule()
     if rule is not None and splits:

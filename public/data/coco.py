@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -53,40 +54,54 @@ class CocoDetection(torch.utils.data.Dataset):
         report.raise_if_fatal()
         if report.repair_message():
             logger.warning(report.repair_message())
+        # The report is lean (flat arrays, no parsed json); __getitem__ reads NumPy arrays only, so that
+        # forked data-loader workers touch no per-image Python object (which would copy its page).
         self.validation = report
-        # The cleaned ground truth: evaluation scores the same boxes that training learns from.
-        self.coco = report.coco()
         self.category_ids: list[int] = list(report.category_ids)
         self.class_names: list[str] = list(report.class_names)
         self.cat_id_to_label: dict[int, int] = {cid: label for label, cid in enumerate(self.category_ids)}
         self.label_to_cat_id: list[int] = list(self.category_ids)
-        self.image_ids: list[int] = list(report.image_ids)
-        self._paths = [os.path.join(self.images_dir, name) for name in report.file_names]
+        self._image_ids = np.asarray(report.image_ids, dtype=np.int64)        # [I]
+        self._file_names = report.file_names                                 # [I] str
         # Sizes from the json or the file header; NaN only with check_images="off" and no json size
         # (then boxes are clipped with the real size in __getitem__).
-        self._json_sizes = report.sizes  # [I, 2] (h, w)
-        self._boxes, self._labels = report.boxes, report.labels
+        self._json_sizes = report.sizes                                      # [I, 2] (h, w)
+        self._boxes, self._labels = report.target_boxes, report.target_labels  # [T, 4] float32, [T] int64
+        self._offsets = report.target_offsets                                # [I + 1]
+
+    @property
+    def image_ids(self) -> list[int]:
+        return self._image_ids.tolist()
+
+    @functools.cached_property
+    def coco(self):
+        """The cleaned ground truth (a pycocotools COCO), built on first use from the same arrays
+        training reads: evaluation scores the boxes training learns from. A training set never
+        builds it."""
+        return self.validation.coco()
 
     @property
     def num_classes(self) -> int:
         return len(self.category_ids)
 
     def __len__(self) -> int:
-        return len(self.image_ids)
+        return len(self._image_ids)
 
     def portrait(self) -> np.ndarray:
         """bool [I]: taller than wide, from the json's sizes (False where they are absent)."""
         return self._json_sizes[:, 0] > self._json_sizes[:, 1]
 
     def __getitem__(self, index: int) -> dict:
-        path, image_id = self._paths[index], self.image_ids[index]
+        path = os.path.join(self.images_dir, str(self._file_names[index]))
+        image_id = int(self._image_ids[index])
         # IGNORE_ORIENTATION: annotations are in stored-pixel coordinates, so EXIF rotation must not apply.
         image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if image is None:
             raise RuntimeError(f"cannot read image {path!r} (image id {image_id}, from {self.annotations_file})")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # [H, W, 3] uint8
         height, width = image.shape[:2]
-        boxes, labels = self._boxes[index], self._labels[index]
+        start, end = self._offsets[index], self._offsets[index + 1]
+        boxes, labels = self._boxes[start:end], self._labels[start:end]
         json_h, json_w = self._json_sizes[index]
         if np.isnan(json_h) or np.isnan(json_w):
             boxes, labels = _clip_to_size(boxes, labels, width, height)

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from public.data import validation_cache as _cache
+
 FATAL, REPAIRED = "fatal", "repaired"
 SHOW = 5                      # how many offending ids / files a message lists
 CHECK_IMAGES = ("header", "decode", "off")
@@ -66,20 +68,71 @@ class ProblemGroup:
 
 @dataclass
 class Validation:
-    """Result of `validate_coco`. Targets and ground truth are filled when there is nothing fatal
-    in the json itself (image-file problems still leave them filled)."""
+    """Result of `validate_coco`. Targets and ground truth are filled (``cleaned``) when there is
+    nothing fatal in the json itself (image-file problems still leave them filled).
+
+    Lean by design: a few flat NumPy arrays and no parsed json, so that a COCO-sized set (118k
+    images, 860k boxes) costs tens of MB and data-loader workers forked from the process share
+    it without copying it (per-object Python structures are copied page by page as workers
+    touch them). The ground truth dict and the pycocotools COCO object are built on demand
+    from the arrays (``ground_truth``, ``coco()``): the evaluator's set only."""
     annotations_file: str
     images_dir: str
     groups: list[ProblemGroup] = field(default_factory=list)
     image_ids: list[int] = field(default_factory=list)        # sorted
-    file_names: list[str] = field(default_factory=list)        # per image, as in the json
+    file_names: np.ndarray | list = field(default_factory=list)  # per image, as in the json (str [I] once cleaned)
     sizes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [I, 2] (h, w), NaN where unknown
     category_ids: list[int] = field(default_factory=list)      # sorted
     class_names: list[str] = field(default_factory=list)       # per category id
-    boxes: list[np.ndarray] = field(default_factory=list)      # per image float32 [N_i, 4] xyxy
-    labels: list[np.ndarray] = field(default_factory=list)     # per image int64 [N_i]
+    categories: list[dict] = field(default_factory=list)       # the json's category entries, sorted by id
+    # Training targets, flat: image i's are rows target_offsets[i]:target_offsets[i + 1], in json order.
+    target_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # [T, 4] xyxy
+    target_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))        # [T] 0..C-1
+    target_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))       # [I + 1]
+    # Ground truth for COCOeval, flat, one row per kept annotation in json order (crowd included).
+    gt_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))               # [G] unique ids
+    gt_image_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))       # [G] into image_ids
+    gt_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))            # [G] 0..C-1
+    gt_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))                  # [G, 4] xywh float64
+    gt_areas: np.ndarray = field(default_factory=lambda: np.zeros(0))                       # [G] float64
+    gt_crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))                 # [G]
+    gt_ignore: dict[int, object] = field(default_factory=dict)  # row -> the json's "ignore" value, where given
     num_crowd: int = 0
-    ground_truth: dict | None = None                           # cleaned COCO dict for COCOeval
+    cleaned: bool = False
+
+    @property
+    def boxes(self) -> list[np.ndarray]:
+        """Per image: float32 [N_i, 4] xyxy (views of ``target_boxes``)."""
+        return np.split(self.target_boxes, self.target_offsets[1:-1]) if len(self.image_ids) else []
+
+    @property
+    def labels(self) -> list[np.ndarray]:
+        """Per image: int64 [N_i] (views of ``target_labels``)."""
+        return np.split(self.target_labels, self.target_offsets[1:-1]) if len(self.image_ids) else []
+
+    @property
+    def ground_truth(self) -> dict | None:
+        """The cleaned COCO dict for COCOeval, built from the arrays (None unless ``cleaned``):
+        images (id, file_name, height, width where known), annotations (id, image_id,
+        category_id, bbox xywh, area, iscrowd, and "ignore" where the json gave one), categories."""
+        if not self.cleaned:
+            return None
+        images = []
+        for image_id, name, (h, w) in zip(self.image_ids, self.file_names, self.sizes.tolist()):
+            entry = {"id": image_id, "file_name": str(name)}
+            if math.isfinite(h) and math.isfinite(w):
+                entry.update(height=int(h), width=int(w))
+            images.append(entry)
+        image_ids = np.asarray(self.image_ids, dtype=np.int64)
+        annotations = [{"id": ann_id, "image_id": image_id, "category_id": cat_id, "bbox": bbox, "area": area,
+                        "iscrowd": crowd}
+                       for ann_id, image_id, cat_id, bbox, area, crowd in zip(
+                           self.gt_ids.tolist(), image_ids[self.gt_image_index].tolist(),
+                           np.asarray(self.category_ids, dtype=np.int64)[self.gt_labels].tolist(),
+                           self.gt_boxes.tolist(), self.gt_areas.tolist(), self.gt_crowd.astype(int).tolist())]
+        for row, value in self.gt_ignore.items():
+            annotations[row]["ignore"] = value
+        return {"images": images, "annotations": annotations, "categories": [dict(c) for c in self.categories]}
 
     def add(self, severity: str, what: str, items: list[str], fix: str = "") -> None:
         if items:
@@ -137,14 +190,28 @@ def validate_coco(images_dir: str, annotations_file: str, check_images: str = "h
     if check_images not in CHECK_IMAGES:
         raise ValueError(f"check_images must be one of {CHECK_IMAGES}, got {check_images!r}")
     report = Validation(str(annotations_file), str(images_dir))
+    cached = _cache.load(report, check_images)
+    if cached is not None:
+        return cached
+    _validate(report, images_dir, annotations_file, check_images)
+    # The parsed json is gone now: the few Python objects kept are made afresh (not the json's own,
+    # which would keep its memory pages from being freed).
+    report.image_ids = np.asarray(report.image_ids, dtype=np.int64).tolist()
+    report.file_names = np.array([str(name) for name in report.file_names], dtype=str)  # [I] str
+    _cache.save(report, check_images)
+    return report
+
+
+def _validate(report: Validation, images_dir: str, annotations_file: str, check_images: str) -> None:
     dataset = _load_json(report)
     if dataset is None:
-        return report
+        return
     _convert_numeric_string_ids(report, dataset)
     categories = _check_categories(report, dataset["categories"])
     images = _check_images_entries(report, dataset["images"])
     if categories is None or images is None:
-        return report
+        return
+    report.categories = categories
     report.category_ids = [c["id"] for c in categories]
     report.class_names = [str(c.get("name", c["id"])) for c in categories]
     report.image_ids = [im["id"] for im in images]
@@ -157,7 +224,6 @@ def validate_coco(images_dir: str, annotations_file: str, check_images: str = "h
     elif check_images != "off":
         _check_image_files(report, check_images)
     _clean_annotations(report, dataset, images, categories)
-    return report
 
 
 def check_same_classes(train: Validation | object, val: Validation | object,
@@ -416,30 +482,24 @@ def _clean_annotations(report: Validation, dataset: dict, images: list[dict], ca
                 for k in np.flatnonzero(kept & duplicate_id)])
     # A clipped box's area cannot exceed the clipped box (a segment area outside the image is gone).
     area = np.where(no_area, box_area, np.where(was_clipped, np.minimum(raw_area, box_area), raw_area))
-    gt_annotations = []
     kept_index = np.flatnonzero(kept)
-    for k, ann_id, bbox, ann_area, is_crowd in zip(kept_index.tolist(), ann_ids[kept].tolist(),
-                                                   clipped_xywh[kept].tolist(), area[kept].tolist(),
-                                                   crowd[kept].tolist()):
-        entry = annotations[k]  # the parsed json is ours: update in place rather than copy
-        entry.update(id=ann_id, bbox=bbox, area=ann_area, iscrowd=int(is_crowd))
-        gt_annotations.append(entry)
-    gt_images = []
-    for im, (h, w) in zip(images, report.sizes):
-        entry = dict(im)
-        if np.isfinite(h) and np.isfinite(w):
-            entry.update(height=int(h), width=int(w))
-        gt_images.append(entry)
-    report.ground_truth = {key: value for key, value in dataset.items() if key not in ("images", "annotations")}
-    report.ground_truth.update(images=gt_images, annotations=gt_annotations, categories=categories)
+    report.gt_ids = ann_ids[kept]
+    report.gt_image_index = image_index[kept]
+    report.gt_labels = label[kept]
+    report.gt_boxes = clipped_xywh[kept]
+    report.gt_areas = area[kept]
+    report.gt_crowd = crowd[kept]
+    report.gt_ignore = {row: annotations[k]["ignore"] for row, k in enumerate(kept_index.tolist())
+                        if "ignore" in annotations[k]}
 
     # Targets per image: stable sort keeps json order within an image.
     order = np.flatnonzero(train)
     order = order[np.argsort(image_index[order], kind="stable")]
-    splits = np.searchsorted(image_index[order], np.arange(1, num_images))  # [I-1]
-    report.boxes = np.split(clipped[order].astype(np.float32), splits) if num_images else []
-    report.labels = np.split(label[order].astype(np.int64), splits) if num_images else []
+    report.target_boxes = clipped[order].astype(np.float32)                          # [T, 4]
+    report.target_labels = label[order].astype(np.int64)                             # [T]
+    report.target_offsets = np.searchsorted(image_index[order], np.arange(num_images + 1))  # [I + 1]
     report.num_crowd = int((kept & crowd).sum())
+    report.cleaned = True
     if num_images and not train.any():
         why = ("the json has no annotations" if count == 0 else
                f"all {count} annotations were dropped or are crowd (see above)")

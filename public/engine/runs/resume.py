@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from public.engine import distributed as dist_utils
+from public.engine.runs import lock as work_lock
 from public.engine.runs.checkpoint import is_densedet, load_checkpoint, load_model_weights
 from public.engine.runs.identity import check_checkpoint, check_work_dir
 from public.engine.runs.state import remove_stale_tmp, rng_state, set_rng_state
@@ -35,10 +36,23 @@ def resume_path(cfg) -> str | None:
 
 
 def prepare_work_dir(cfg) -> list[str]:
-    """Before anything is written: refuse a work_dir holding another run (``check_work_dir``;
-    with ``overwrite=True`` its run files are deleted), and delete the ``*.tmp`` files a kill
-    during a checkpoint write left (the checkpoint itself is intact). Returns what to log."""
+    """Before anything is written: take the work_dir's lock (``lock``: a second run there stops
+    naming the first; released by ``release_work_dir``), refuse a work_dir holding another run
+    (``check_work_dir``; with ``overwrite=True`` its run files are deleted), and delete the
+    ``*.tmp`` files a kill during a checkpoint write left (the checkpoint itself is intact).
+    Returns what to log."""
     work_dir, notes = Path(cfg.work_dir), []
+    taken = None
+    if dist_utils.is_main_process():
+        try:
+            taken = ("ok", work_lock.acquire(work_dir))
+        except work_lock.WorkDirInUse as error:
+            taken = ("in use", str(error))
+    taken = dist_utils.broadcast_object(taken)   # every process stops, or none
+    if taken[0] == "in use":
+        raise work_lock.WorkDirInUse(taken[1])
+    if taken[1]:
+        notes.append(taken[1])
     if dist_utils.is_main_process():
         deleted = check_work_dir(work_dir, cfg)
         stale = remove_stale_tmp(work_dir)
@@ -50,6 +64,11 @@ def prepare_work_dir(cfg) -> list[str]:
         check_work_dir(work_dir, cfg)
     dist_utils.barrier()
     return notes
+
+
+def release_work_dir(cfg) -> None:
+    """Release the work_dir's lock ``prepare_work_dir`` took (if this process holds it)."""
+    work_lock.release(cfg.work_dir)
 
 
 def load_resume_checkpoint(path: str, cfg, class_names: list[str], category_ids: list[int]) -> dict:

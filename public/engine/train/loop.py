@@ -98,9 +98,15 @@ def build_run_model(spec, train_set, start: Start, device: torch.device) -> torc
 
 # ---- the run -------------------------------------------------------------------------------
 def train(cfg) -> float:
-    """Train ``cfg``; returns the best mAP. Launched once per process (torchrun for DDP).
+    """Train ``cfg``; returns the best mAP. Launched once per process (torchrun for DDP)."""
+    try:
+        return _train(cfg)
+    finally:   # the work_dir's lock, taken in prepare_work_dir: released at the end and on any error
+        resume_utils.release_work_dir(cfg)
 
-    The recipe: read the data and what the run starts from, resolve the run spec (every part
+
+def _train(cfg) -> float:
+    """The recipe: read the data and what the run starts from, resolve the run spec (every part
     below reads it), build, restore a resumed run, then train and evaluate epoch by epoch."""
     started = time.perf_counter()
     device = dist_utils.init_distributed(cfg.device)
@@ -108,7 +114,7 @@ def train(cfg) -> float:
     notes = resume_utils.prepare_work_dir(cfg)   # refuses a work_dir that holds another run
     setup_logging(str(work_dir), main)
     for note in notes:
-        logger.info(note)
+        (logger.warning if note.startswith("warning") else logger.info)(note)
     seed_everything(cfg.seed + dist_utils.get_rank())
     check_eval_backend(cfg.eval_backend)
     prepare_builtin_data(cfg)

@@ -1,0 +1,48 @@
+"""Restarts that resume: under ``torchrun --max-restarts=1 ... resume=auto``, a process killed
+mid-epoch makes torchrun stop the other and start both again; they continue from latest.pth and
+end with exactly the weights of an uninterrupted run (2 gloo processes on the CPU)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import demo_subset
+from test_ddp import _free_port
+from test_resume import assert_same_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(script_args: list[str], restarts: int = 0) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--max-restarts={restarts}",
+               f"--master_port={_free_port()}", *script_args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.slow
+def test_torchrun_restart_after_a_killed_process_ends_with_the_uninterrupted_weights(tmp_path):
+    train_images, train_json = demo_subset(tmp_path, 8, "train")
+    val_images, val_json = demo_subset(tmp_path, 3, "val")
+    args = ["--config", "fcos/config_demo.py", f"train_images={train_images}", f"train_annotations={train_json}",
+            f"val_images={val_images}", f"val_annotations={val_json}", "device=cpu", "batch_size=2",
+            "num_workers=0", "epochs=2", "min_size=(64,80)", "max_size=96", "test_min_size=64", "flops=False",
+            "warmup_iters=1", "hflip_prob=0.5", "aspect_ratio_grouping=False", "ema=0.9", "resume=auto",
+            "tensorboard=False"]
+    reference = torchrun(["train.py", *args, f"work_dir={tmp_path / 'reference'}"])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    marker, work_dir = tmp_path / "killed", tmp_path / "restarted"
+    # rank 1 kills itself after iteration 3: in epoch 2 (2 iterations an epoch), after latest.pth of epoch 1
+    restarted = torchrun(["tests/pausing_train.py", "kill:1:3", str(marker), *args, f"work_dir={work_dir}"],
+                         restarts=1)
+    output = restarted.stdout + restarted.stderr
+    assert restarted.returncode == 0, output[-4000:]
+    assert marker.read_text() == "kill:1:3"
+    assert "resumed from" in output and "latest.pth at epoch 2" in output
+    assert_same_weights(tmp_path / "reference" / "latest.pth", work_dir / "latest.pth")
+    rows = [json.loads(line)["epoch"] for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2]                            # epoch 2 redone once, not added twice
+    assert not (work_dir / "run.lock").exists()
