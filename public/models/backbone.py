@@ -145,15 +145,6 @@ def _body(net: nn.Module, name: str) -> nn.Module:
     raise ValueError(f"backbone {name!r}: no known feature layout")
 
 
-def _children_until(body: nn.Module, last: str) -> list[tuple[str, nn.Module]]:
-    children = []
-    for child_name, child in body.named_children():
-        children.append((child_name, child))
-        if child_name == last:
-            break
-    return children
-
-
 @torch.no_grad()
 def body_strides(body: nn.Module) -> list[tuple[str, int, int]]:
     """(child name, output stride, output channels) of each child of ``body``, in forward order,
