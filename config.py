@@ -110,6 +110,18 @@ class BaseConfig(KeyedConfig):
     photometric = Key(0.0, "Probability of each of SSD's photometric distortions at training (brightness "
                       "x[0.875, 1.125], contrast and saturation x[0.5, 1.5], hue +-0.05 turn); 0 is off, "
                       "0.5 is SSD's.", low=0, high=1)
+    mosaic = Key(0.0, "Probability that a training sample is a mosaic of four images (its own and three "
+                 "random others) around a random centre of a square canvas of the training size, at one random "
+                 "scale (mosaic_scale); boxes cut by the canvas follow crop_min_visibility; the flips, rotations "
+                 "and photometric distortion then apply to the canvas (public/data/mosaic.py). 0 is off; 1.0 is "
+                 "Ultralytics' and YOLOX's.", low=0, high=1)
+    mosaic_scale = Key((0.5, 1.5), "With mosaic: (low, high) of the random factor on the four images' plain "
+                       "training size ((0.5, 1.5) is Ultralytics' scale=0.5).", low=0, low_open=True, each=True,
+                       length=2, check=lambda r: None if r[0] <= r[1] else f"mosaic_scale={r!r} must be "
+                                                                           f"(low, high) with low <= high")
+    mosaic_close = Key(0, "With mosaic: the last N epochs train without it, on plain images as the model will see "
+                       "them (Ultralytics' close_mosaic, 10 of its 100+ epochs); 0 keeps it to the end.",
+                       low=0, integer=True)
     size_divisible = Key(32, "Batches are padded to a multiple of this.", low=1, integer=True)
     aspect_ratio_grouping = Key(True, "Training batches of landscape or of portrait images only (less padding).")
     num_workers = Key(4, "Data-loading processes per training process (capped at the CPU count).",
@@ -120,19 +132,23 @@ class BaseConfig(KeyedConfig):
                        choices=("header", "decode", "off"))
 
     # ---- model --------------------------------------------------------------------------
-    backbone = Key("resnet50", "The backbone network (torchvision's).", choices=BACKBONES)
+    backbone = Key("resnet50", "The backbone network (torchvision's): ResNet/ResNeXt, MobileNetV3, EfficientNet, "
+                   "RegNet or ConvNeXt; C3-C5 are its last feature maps at strides 8, 16 and 32 "
+                   "(docs/benchmarks.md compares their cost).", choices=BACKBONES)
     pretrained = Key(False, "Start the backbone from ImageNet weights (torchvision's weight enums; downloads).")
     backbone_weights = Key("", "A local file with the backbone's ImageNet state dict (instead of downloading).")
     frozen_stages = Key("auto", "Backbone stages kept frozen: 0 trains all, 1 freezes the stem and stage 1 (the "
-                        "papers'), up to 4. 'auto': 1 when the backbone starts from trained weights (pretrained, "
+                        "papers'), up to 4; stage k ends at stride 2**(k+1) in every family (ResNet: layer k). "
+                        "'auto': 1 when the backbone starts from trained weights (pretrained, "
                         "backbone_weights or init_from), 0 from random init.", kind=int, low=0, high=4,
                         integer=True, auto=lambda cfg, run: 1 if trained_weights(cfg) else 0)
-    freeze_bn = Key("auto", "Frozen BatchNorm statistics and affine in the backbone (the papers'); trained BN "
-                    "(SyncBN under DDP on GPUs) if False. 'auto': frozen with trained weights, trained from "
+    freeze_bn = Key("auto", "Frozen BatchNorm statistics and affine in the backbone (the papers'; the network's "
+                    "own eps kept), fixed LayerNorm affine in ConvNeXt; trained BN (SyncBN under DDP on GPUs) if "
+                    "False. 'auto': frozen with trained weights, trained from "
                     "random init.", kind=bool, auto=lambda cfg, run: trained_weights(cfg))
     dcn_stages = Key((False, False, False, False), "Modulated deformable conv (DCNv2) for the 3x3 conv of every "
-                     "block of layer1..layer4; (False, True, True, True) is the DCNv2 paper's and the ATSS "
-                     "'dcnv2' models' choice.", length=4)
+                     "block of layer1..layer4 (ResNet backbones); (False, True, True, True) is the DCNv2 paper's and the "
+                     "ATSS 'dcnv2' models' choice.", length=4)
     fpn_channels = Key(256, "Channels of every FPN level and head conv.", low=1, integer=True)
     p6_from = Key("p5", "Where P6 is computed from: 'p5' (FCOS, ATSS, torchvision) or 'c5' (the RetinaNet paper).",
                   choices=("p5", "c5"))

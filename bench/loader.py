@@ -1,5 +1,6 @@
 """Training-loader benchmark: images/s of the training loader with each augmentation of
-public/data/augment.py against the plain pipeline (Resize + horizontal flip), in one run.
+public/data/augment.py and the mosaic (public/data/mosaic.py: four images read per mosaic) against
+the plain pipeline (Resize + horizontal flip), in one run.
 
     python bench/loader.py                                   # demo sizes: min_size 160, max_size 256
     python bench/loader.py --min-size 400 --max-size 667     # the 400 px CPU training size
@@ -46,8 +47,12 @@ VARIANTS = {
     "scale_jitter=(0.1, 2.0)": {"scale_jitter": (0.1, 2.0)},
     "photometric=0.5": {"photometric": 0.5},
     "photometric=1.0": {"photometric": 1.0},
+    "mosaic=0.5": {"mosaic": 0.5},
+    "mosaic=1.0": {"mosaic": 1.0},
     "all (jitter 0.5-2, vflip, rot90, photometric 0.5)": {"scale_jitter": (0.5, 2.0), "vflip_prob": 0.5,
                                                           "rot90": True, "photometric": 0.5},
+    "all + mosaic=1.0": {"scale_jitter": (0.5, 2.0), "vflip_prob": 0.5, "rot90": True, "photometric": 0.5,
+                         "mosaic": 1.0},
 }
 
 

@@ -124,8 +124,8 @@ def data(tmp_path_factory):
             f"val_images={root / 'val'}", f"val_annotations={root / 'annotations' / 'instances_val.json'}",
             "min_size=(64,80)", "max_size=96", "test_min_size=64", "batch_size=2", "epochs=2", "eval_interval=1",
             "flops=False", "log_interval=1", "warmup_iters=2", "hflip_prob=0.5", "aspect_ratio_grouping=False",
-            # the EMA of the weights and every augmentation on: their state and draws resume exactly too
-            "ema=0.9", "scale_jitter=(0.7,1.3)", "photometric=0.5", "vflip_prob=0.5", "rot90=True"]
+            # the EMA of the weights and every augmentation (mosaic too) on: their state and draws resume exactly too
+            "ema=0.9", "scale_jitter=(0.7,1.3)", "photometric=0.5", "vflip_prob=0.5", "rot90=True", "mosaic=0.5"]
 
 
 def _env() -> dict:

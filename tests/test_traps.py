@@ -76,7 +76,7 @@ def test_torchvision_coco_model_refused_for_other_classes(tv_fcos_r18, tmp_path)
 
 
 # ---- backbones of torchvision state dicts ---------------------------------------------------
-@pytest.mark.parametrize("name", backbone_module.BACKBONES)
+@pytest.mark.parametrize("name", backbone_module.RESNETS)
 def test_backbone_recognised_from_weights(name):
     with torch.device("meta"):  # shapes only: nothing allocated
         state = torchvision.models.get_model(name).state_dict()

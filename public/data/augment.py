@@ -44,7 +44,8 @@ docs/benchmarks.md, "Augmentation kernels"; bench/loader.py times the whole load
   answers and torchvision: not worth a new dependency and its version churn.
 
 Mosaic (four images in one) is not here: it needs other samples of the dataset, which a
-per-sample transform does not see.
+per-sample transform does not see; it is a step of the training dataset (public/data/mosaic.py),
+after which the chain above runs without its first step.
 """
 from __future__ import annotations
 

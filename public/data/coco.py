@@ -68,6 +68,9 @@ class CocoDetection(torch.utils.data.Dataset):
         self._json_sizes = report.sizes                                      # [I, 2] (h, w)
         self._boxes, self._labels = report.target_boxes, report.target_labels  # [T, 4] float32, [T] int64
         self._offsets = report.target_offsets                                # [I + 1]
+        # Training only (build_dataset): a public.data.mosaic.Mosaic that makes some samples
+        # four-image mosaics; None: every sample is its own image.
+        self.mosaic = None
 
     @property
     def image_ids(self) -> list[int]:
@@ -92,6 +95,22 @@ class CocoDetection(torch.utils.data.Dataset):
         return self._json_sizes[:, 0] > self._json_sizes[:, 1]
 
     def __getitem__(self, index: int) -> dict:
+        return self.item_in_epoch(index, None)
+
+    def item_in_epoch(self, index: int, epoch: int | None) -> dict:
+        """Sample ``index`` as training epoch ``epoch`` (0-based; None: unknown) sees it: a mosaic
+        (``self.mosaic``, which can be closed for the last epochs) or the image through ``transforms``."""
+        if self.mosaic is not None:
+            sample = self.mosaic(self.load, len(self), index, epoch)
+            if sample is not None:
+                return sample
+        sample = self.load(index)
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        return sample
+
+    def load(self, index: int) -> dict:
+        """Image ``index`` as read, with its boxes, before any transform."""
         path = os.path.join(self.images_dir, str(self._file_names[index]))
         image_id = int(self._image_ids[index])
         # IGNORE_ORIENTATION: annotations are in stored-pixel coordinates, so EXIF rotation must not apply.
@@ -118,8 +137,6 @@ class CocoDetection(torch.utils.data.Dataset):
             "orig_size": (height, width),
             "scale": (1.0, 1.0),
         }
-        if self.transforms is not None:
-            sample = self.transforms(sample)
         return sample
 
 

@@ -18,6 +18,7 @@ from public.data.coco import CocoDetection
 from public.data.collate import collate
 from public.data.crowns import CROWNS_ROOT, ensure_crowns_data
 from public.data.demo import DEMO_ROOT, ensure_demo_data
+from public.data.mosaic import build_mosaic
 from public.data.sampler import GroupedBatchSampler
 from public.data.seeding import EpochBatches, EpochSamples
 from public.data.transforms import build_transforms
@@ -60,7 +61,10 @@ def prepare_builtin_data(cfg) -> None:
 def build_dataset(cfg, train: bool) -> CocoDetection:
     images, annotations = ((cfg.train_images, cfg.train_annotations) if train
                            else (cfg.val_images, cfg.val_annotations))
-    return CocoDetection(images, annotations, build_transforms(cfg, train), cfg.check_images)
+    dataset = CocoDetection(images, annotations, build_transforms(cfg, train), cfg.check_images)
+    if train:
+        dataset.mosaic = build_mosaic(cfg, dataset.transforms)
+    return dataset
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -70,7 +70,7 @@ class TorchvisionResize:
 def eval_resize(cfg):
     """The device-side evaluation resize of ``cfg`` (``TorchvisionResize``), or None when the
     loader resizes (``test_resize="opencv"``, the default)."""
-    if getattr(cfg, "test_resize", "opencv") != "torchvision":
+    if cfg.test_resize != "torchvision":
         return None
     return TorchvisionResize(cfg.test_min_size, cfg.max_size, cfg.size_divisible)
 

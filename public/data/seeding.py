@@ -65,7 +65,9 @@ class EpochSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         with seeded(sample_seed(self.seed, epoch, index)):
-            return self.dataset[index]
+            # a dataset that varies by epoch (CocoDetection's mosaic, closed for the last epochs) gets it
+            in_epoch = getattr(self.dataset, "item_in_epoch", None)
+            return in_epoch(index, epoch) if in_epoch is not None else self.dataset[index]
 
     def __getattr__(self, name: str):
         if name == "dataset":  # not set yet (unpickling in a worker): no recursion
