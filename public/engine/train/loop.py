@@ -15,7 +15,8 @@ from public.data.loaders import build_dataset, build_loader
 from public.data.prefetcher import Prefetcher, eval_resize
 from public.data.validate import check_same_classes
 from public.engine import distributed as dist_utils
-from public.engine.distributed import amp_dtype_of, prepare_demo_data
+from public.engine.device_plan import device_plan
+from public.engine.distributed import prepare_demo_data
 from public.engine.evaluate.evaluator import check_eval_backend, evaluate, log_evaluation
 from public.engine.runs import resume as resume_utils
 from public.engine.runs.checkpoint import (build_model_for_checkpoint, is_densedet, load_checkpoint,
@@ -119,13 +120,12 @@ def train(cfg) -> float:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if dist_utils.is_distributed() and cfg.freeze_bn is False and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs' images
+    plan = device_plan(cfg, device, dist_utils.is_distributed())   # autocast, GradScaler, SyncBN
+    model = plan.prepare_model(model)
     loss_fn, decoder = cfg.build_loss(), cfg.build_decoder()
     optimizer = build_optimizer(cfg, model)
     scheduler = LRScheduler(optimizer, cfg, len(train_loader))
-    amp_dtype = amp_dtype_of(cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
+    amp_dtype, scaler = plan.autocast_dtype, plan.grad_scaler()
 
     start_epoch, best_map, pending_losses = 0, -1.0, None   # pending: the last epoch's evaluation is redone
     best_epoch = None                                       # the epoch (1-based) of best.pth
