@@ -62,6 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "mutation_results.json"
 EQUIVALENTS = REPO / "bench" / "mutation_equivalents.txt"
 REPORT = REPO / "docs" / "mutation.md"
+TRACES = REPO / ".mutation_traces"   # the traced runs, by the digest of the modules and tests (not committed)
 LIBRARY = ("public", "fcos", "atss", "retinanet", "config.py")
 
 # ---- the mutants -----------------------------------------------------------------------------
@@ -88,6 +89,7 @@ class Mutant:
     after: str         # the line as mutated (first line of the change)
     scope: str         # enclosing function's qualified name, "" at module level
     in_body: bool      # inside a function body: its line coverage decides the tests
+    uses: list = field(default_factory=list)   # outside a body: the lines that use what it changes
     source: str = field(repr=False, default="")
 
 
@@ -110,13 +112,28 @@ class _Collector(ast.NodeVisitor):
 
     def add(self, node, new, what):
         if node.lineno not in self.skip_lines:
-            self.found.append((node, new, what, ".".join(self.scope), self.in_body))
+            self.found.append((node, new, what, ".".join(self.scope), self.in_body, self.owner))
+
+    owner = None   # outside a function body: the name assigned (module / class level) or the def (defaults)
+
+    def visit_stmt_owned(self, stmt):
+        """A module- or class-level statement: its mutants are noticed where the names it binds
+        are used."""
+        outer = self.owner
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            self.owner = ("names", {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)})
+        self.visit(stmt)
+        self.owner = outer
 
     # -- scopes and what is never mutated
     def visit_FunctionDef(self, node):
+        outer = self.owner
+        self.owner = ("def", (node.lineno, node.end_lineno))
         for deco in node.decorator_list:
             self.visit(deco)
         self.visit_defaults(node.args)
+        self.owner = outer
         self.scope.append(node.name)
         outer, self.in_body = self.in_body, True
         for i, stmt in enumerate(node.body):
@@ -139,7 +156,7 @@ class _Collector(ast.NodeVisitor):
         self.scope.append(node.name)
         for i, stmt in enumerate(node.body):
             if not (i == 0 and _is_docstring(stmt, node)):
-                self.visit(stmt)
+                self.visit_stmt_owned(stmt)
         self.scope.pop()
 
     def visit_Module(self, node):
@@ -151,7 +168,7 @@ class _Collector(ast.NodeVisitor):
             if (isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Compare)
                     and isinstance(stmt.test.left, ast.Name) and stmt.test.left.id == "__name__"):
                 continue   # the script entry
-            self.visit(stmt)
+            self.visit_stmt_owned(stmt)
 
     def visit_AnnAssign(self, node):      # the annotation is not code
         if node.value is not None:
@@ -272,9 +289,15 @@ def mutants_of(path: Path) -> list[Mutant]:
     collector = _Collector(skip)
     collector.visit(tree)
     original = ast.dump(tree)
+    used_at: dict[str, set[int]] = {}   # name -> lines of the module that read it (as a name or attribute)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            used_at.setdefault(node.id, set()).add(node.lineno)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            used_at.setdefault(node.attr, set()).add(node.lineno)
     rel = path.resolve().relative_to(REPO).as_posix()
     out, seen_ids, seen_sources = [], {}, set()
-    for node, new, what, scope, in_body in collector.found:
+    for node, new, what, scope, in_body, owner in collector.found:
         start = _offset(lines, node.lineno, node.col_offset)
         end = _offset(lines, node.end_lineno, node.end_col_offset)
         if new is None:
@@ -295,7 +318,12 @@ def mutants_of(path: Path) -> list[Mutant]:
         key = f"{rel}|{scope}|{source[start:end]}|{what}"
         seen_ids[key] = seen_ids.get(key, -1) + 1
         ident = hashlib.sha1(f"{key}|{seen_ids[key]}".encode()).hexdigest()[:8]
-        out.append(Mutant(ident, node.lineno, what, before.strip(), after.strip(), scope, in_body, mutated))
+        uses: list = []
+        if not in_body and owner and owner[0] == "names":
+            uses = ["names", sorted(owner[1]), sorted({line for name in owner[1] for line in used_at.get(name, ())})]
+        elif not in_body and owner and owner[0] == "def":
+            uses = ["def", [], list(range(owner[1][0], owner[1][1] + 1))]
+        out.append(Mutant(ident, node.lineno, what, before.strip(), after.strip(), scope, in_body, uses, mutated))
     return out
 
 
@@ -338,6 +366,22 @@ def tests_importing(targets: list[str]) -> list[str]:
     wanted = set(targets)
     return sorted(project[name].relative_to(REPO).as_posix() for name in project
                   if name.startswith("tests.test_") and (closure(name) & wanted))
+
+
+def tests_for(m: Mutant, rel: str, module_tests: list[str], lines: dict) -> list[str]:
+    """The tests that can notice ``m``: those that executed its line (in a function body); for
+    a module or class constant, those that executed a line reading it, or whose file names it;
+    for a default argument, those that ran its function; else all that ran the module."""
+    if m.in_body:
+        return [t for t in module_tests if m.line in lines[t][rel]]
+    if m.uses:
+        kind, names, used = m.uses
+        used = set(used)
+        named = {t.split("::")[0] for t in module_tests
+                 if kind == "names" and any(re.search(rf"\b{n}\b", (REPO / t.split("::")[0]).read_text())
+                                            for n in names)}
+        return [t for t in module_tests if used & set(lines[t][rel]) or t.split("::")[0] in named]
+    return module_tests
 
 
 def digest(paths) -> str:
@@ -596,20 +640,26 @@ def main(argv=None) -> int:
         write_report(results)
         return 0
 
+    originals = {rel: (REPO / rel).read_text() for rel in todo}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM); the results so far are kept"))
     scratch = Scratch()
     try:
         test_files = args.tests or tests_importing([module_name(rel) for rel in todo])
-        trace = coverage(scratch, list(todo), test_files, marker)
+        key = digest([*todo, *test_files, *(p.relative_to(REPO).as_posix() for p in (REPO / "public").rglob("*.py"))])
+        cached = TRACES / f"{key}{'-slow' if args.slow else ''}.json"
+        if cached.exists():
+            trace = json.loads(cached.read_text())
+        else:
+            trace = coverage(scratch, list(todo), test_files, marker)
+            TRACES.mkdir(exist_ok=True)
+            cached.write_text(json.dumps(trace))
         order = sorted(trace["times"], key=trace["times"].get)
         for rel, mutants in todo.items():
             entry = results[rel]
             module_tests = [t for t in order if rel in trace["lines"][t]]
             started = time.perf_counter()
             for n, m in enumerate(mutants, 1):
-                if m.in_body:
-                    tests = [t for t in module_tests if m.line in trace["lines"][t][rel]]
-                else:
-                    tests = module_tests
+                tests = tests_for(m, rel, module_tests, trace["lines"])
                 if not tests:
                     status = "no coverage"
                 else:
@@ -617,7 +667,7 @@ def main(argv=None) -> int:
                     budget = 3 * sum(trace["times"][t] for t in tests) + 30
                     status = run_pytest(scratch, ["-p", "no:xdist", *tests], budget)
                     status = {"failed": "killed", "passed": "survived"}.get(status, status)
-                    scratch.write(rel, (REPO / rel).read_text())
+                    scratch.write(rel, originals[rel])
                 record = {"status": status, "line": m.line, "what": m.what, "before": m.before, "after": m.after,
                           "tests": tests_hash + marker}
                 entry["mutants"][m.id] = record
