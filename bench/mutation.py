@@ -384,6 +384,45 @@ def tests_for(m: Mutant, rel: str, module_tests: list[str], lines: dict) -> list
     return module_tests
 
 
+def project_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports."""
+    project = {module_name(p.relative_to(REPO).as_posix()): p
+               for p in REPO.rglob("*.py") if not any(part.startswith(".") for part in p.relative_to(REPO).parts)
+               and p.relative_to(REPO).parts[0] not in ("bench", "data")}
+    return {name: {i for i in imports_of(path) if i in project} for name, path in project.items()}
+
+
+def preimport(scratch: "Scratch", targets: list[str]) -> None:
+    """Import, from the scratch copy, every library module that reaches none of ``targets``:
+    each mutant's run then imports only what can see the change. ``gc.freeze`` keeps the
+    children's collections off the inherited heap (and its pages shared)."""
+    import gc
+    import importlib
+
+    graph = project_graph()
+    reach: dict[str, set[str]] = {}
+
+    def closure(name, stack=()):
+        if name not in reach:
+            found = set(graph.get(name, ()))
+            for child in graph.get(name, ()):
+                if child not in stack:
+                    found |= closure(child, (*stack, name))
+            reach[name] = found
+        return reach[name]
+
+    sys.path.insert(0, str(scratch.root))
+    sys.dont_write_bytecode = True
+    for name in sorted(graph):
+        if (name.split(".")[0] in ("public", "config", "fcos", "atss", "retinanet") and name not in targets
+                and not closure(name) & set(targets)):
+            try:
+                importlib.import_module(name)
+            except Exception:   # a module that needs more than an import: left to the tests
+                pass
+    gc.freeze()
+
+
 def digest(paths) -> str:
     h = hashlib.sha1()
     for p in sorted(paths):
@@ -397,7 +436,7 @@ def tests_digest() -> str:
 
 # ---- running pytest in a forked copy ----------------------------------------------------------
 class Scratch:
-    """A copy of the repository where mutants are written (data/ linked to the real one)."""
+    """A copy of the repository where mutants are written (with the built-in datasets generated so far)."""
 
     def __init__(self):
         self.root = Path(tempfile.mkdtemp(prefix="densedet-mutation-")) / "repo"
@@ -407,8 +446,8 @@ class Scratch:
             top & set(names) if Path(d) == REPO else set()))
         for keep in REPO.glob("tests/**/*.pth"):
             shutil.copy2(keep, self.root / keep.relative_to(REPO))
-        (REPO / "data").mkdir(exist_ok=True)
-        (self.root / "data").symlink_to(REPO / "data")
+        if (REPO / "data").is_dir():   # the built-in datasets, copied (a link would resolve out of the copy)
+            shutil.copytree(REPO / "data", self.root / "data")
 
     def write(self, rel: str, text: str) -> None:
         (self.root / rel).write_text(text)
@@ -469,20 +508,26 @@ def run_pytest(scratch: Scratch, args: list[str], timeout: float, plugins=(), lo
             os.chdir(scratch.root)
             sys.path.insert(0, str(scratch.root))
             sys.dont_write_bytecode = True
-            code = int(pytest.main(["-q", "-x", "-p", "no:cacheprovider", "-o", "addopts=", "-p", "no:randomly",
-                                    *args], plugins=list(plugins)))
+            # unraisableexception's gc.collect() x 5 over torch's heap took 4.5 of a mutant's 8 s
+            code = int(pytest.main(["-q", "-x", "-p", "no:cacheprovider", "-p", "no:unraisableexception",
+                                    "-o", "addopts=", *args], plugins=list(plugins)))
         finally:
             os._exit(code)
     deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return "timeout"
-        time.sleep(0.05)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return "timeout"
+            time.sleep(0.05)
+    except BaseException:   # stopped (Ctrl-C, SIGTERM): the child and what it started go too
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     code = os.waitstatus_to_exitcode(status)
     return {0: "passed", 1: "failed", 2: "failed", 3: "failed"}.get(code, "error")
 
@@ -509,8 +554,13 @@ def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
 
-def save_results(results: dict) -> None:
-    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+def save_results(results: dict, modules=None) -> dict:
+    """Write ``results`` of ``modules`` (all by default) over the kept ones (another run may be
+    writing other modules); returns all the kept results."""
+    kept = load_results()
+    kept.update({rel: results[rel] for rel in (modules if modules is not None else results)})
+    RESULTS.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    return kept
 
 
 def load_equivalents() -> dict[str, str]:
@@ -594,7 +644,9 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="*", help="modules or folders of the library")
     parser.add_argument("--tests", nargs="*", help="test files to use instead of those importing the modules")
     parser.add_argument("--slow", action="store_true", help="also the tests marked slow")
-    parser.add_argument("-j", type=int, default=1, help="mutants run at a time (default 1)")
+    parser.add_argument("--max-test-seconds", type=float, default=5.0,
+                        help="leave out of the mutants' runs the tests that took longer in the traced run, "
+                             "unless no other test reaches the line (default 5; 0: no limit)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--again", action="store_true", help="ignore the kept results of these modules")
     parser.add_argument("--report", action="store_true", help="only rewrite docs/mutation.md")
@@ -617,10 +669,12 @@ def main(argv=None) -> int:
     import numpy  # noqa: F401
     import cv2  # noqa: F401
     import pycocotools.coco  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
     torch.set_num_threads(1)
 
     tests_hash = tests_digest()
     marker = "" if args.slow else "not slow"
+    setting = f"{tests_hash} {marker or 'all'} {args.max_test_seconds or 'no limit'}"
     todo: dict[str, list[Mutant]] = {}
     for rel in rels:
         source_hash = digest([rel])
@@ -632,7 +686,7 @@ def main(argv=None) -> int:
         entry["mutants"] = {m.id: entry["mutants"][m.id] for m in mutants if m.id in entry["mutants"]}
         redo = [m for m in mutants if m.id not in entry["mutants"]
                 or (entry["mutants"][m.id]["status"] in ("survived", "no coverage")
-                    and entry["mutants"][m.id].get("tests") != tests_hash + marker)]
+                    and entry["mutants"][m.id].get("tests") != setting)]
         if redo:
             todo[rel] = redo
         print(f"{rel}: {len(mutants)} mutants, {len(redo)} to run", file=sys.stderr)
@@ -644,8 +698,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM); the results so far are kept"))
     scratch = Scratch()
     try:
+        preimport(scratch, [module_name(rel) for rel in todo])
         test_files = args.tests or tests_importing([module_name(rel) for rel in todo])
-        key = digest([*todo, *test_files, *(p.relative_to(REPO).as_posix() for p in (REPO / "public").rglob("*.py"))])
+        key = digest([*todo, *test_files])   # the rest of the library moves coverage rarely: not in the key
         cached = TRACES / f"{key}{'-slow' if args.slow else ''}.json"
         if cached.exists():
             trace = json.loads(cached.read_text())
@@ -654,12 +709,14 @@ def main(argv=None) -> int:
             TRACES.mkdir(exist_ok=True)
             cached.write_text(json.dumps(trace))
         order = sorted(trace["times"], key=trace["times"].get)
+        cap = args.max_test_seconds or float("inf")
         for rel, mutants in todo.items():
             entry = results[rel]
             module_tests = [t for t in order if rel in trace["lines"][t]]
             started = time.perf_counter()
             for n, m in enumerate(mutants, 1):
                 tests = tests_for(m, rel, module_tests, trace["lines"])
+                tests = [t for t in tests if trace["times"][t] <= cap] or tests
                 if not tests:
                     status = "no coverage"
                 else:
@@ -669,8 +726,10 @@ def main(argv=None) -> int:
                     status = {"failed": "killed", "passed": "survived"}.get(status, status)
                     scratch.write(rel, originals[rel])
                 record = {"status": status, "line": m.line, "what": m.what, "before": m.before, "after": m.after,
-                          "tests": tests_hash + marker}
+                          "tests": setting}
                 entry["mutants"][m.id] = record
+                if n % 10 == 0:
+                    save_results(results, list(todo))
                 mark = {"killed": ".", "timeout": "T", "survived": "S", "no coverage": "-"}.get(status, "E")
                 print(mark, end="" if n % 50 else "\n", file=sys.stderr, flush=True)
                 if status == "error":
@@ -680,8 +739,7 @@ def main(argv=None) -> int:
                 entry["first_score"] = score
             entry["date"] = datetime.date.today().isoformat()
             print(f"\n{rel}: score {score:.0%} {counts} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            save_results(results)
-            write_report(results)
+            write_report(save_results(results, list(todo)))
     finally:
         scratch.close()
     return 0

@@ -4,6 +4,7 @@ a forced collapse."""
 import json
 import logging
 import math
+from collections import deque
 
 import pytest
 import torch
@@ -83,6 +84,67 @@ def test_climbing_epoch_loss_is_reported():
     healthy = SpikeGuard("skip", 10.0)
     assert all(healthy.epoch_ended(e + 1, {"loss_cls": v}) is None
                for e, v in enumerate([0.89, 0.507, 0.483, 0.76, 0.736, 0.471, 0.349]))
+
+
+def test_running_median_is_of_the_last_100_steps():
+    """The median of the last WINDOW = 100 accepted losses: after 60 x 2.0 then 50 x 1.0 the
+    window holds 50 of each, median (1 + 2) / 2 = 1.5 (101 steps would give 2.0). Odd and even
+    counts by hand: [1, 2, 10] -> 2, [1, 2, 3, 10] -> 2.5. A loss of exactly factor x the median
+    is no spike (the line is "over"). The default guard skips at 10 x."""
+    guard = SpikeGuard("skip", 10.0)
+    for i, value in enumerate([2.0] * 60 + [1.0] * 50):
+        assert guard.check({"loss": value}, i + 1, 1)
+    assert len(guard.recent) == 100 and guard.median() == 1.5
+    for values, median in (([1.0, 2.0, 10.0], 2.0), ([1.0, 2.0, 3.0, 10.0], 2.5)):
+        guard.recent = deque(values)
+        assert guard.median() == median
+    exact = SpikeGuard("skip", 10.0)
+    steady_ones = [exact.check({"loss": 1.0}, i + 1, 1) for i in range(MIN_STEPS)]
+    assert all(steady_ones) and exact.check({"loss": 10.0}, 21, 1) and not exact.check({"loss": 10.01}, 22, 1)
+    default = SpikeGuard()
+    for i in range(MIN_STEPS):
+        default.check({"loss": 1.0}, i + 1, 1)
+    assert default.action == "skip" and not default.check({"loss": 10.01}, 21, 1)
+    with pytest.raises(ValueError, match="on_spike='skp' must be 'skip', 'warn' or 'stop'"):
+        SpikeGuard("skp")
+
+
+def test_spikes_in_a_row_count_from_the_last_normal_step():
+    """on_spike=skip stops at the 11th spike in a row, counting from the run's start (NaN from
+    the first step) or from the last normal step; a normal step between spikes restarts the count."""
+    fresh = SpikeGuard("skip", 10.0)
+    for i in range(10):
+        assert not fresh.check({"loss": math.nan}, i + 1, 1)
+    with pytest.raises(SpikeError, match="11 loss spikes in a row"):
+        fresh.check({"loss": math.nan}, 11, 1)
+    broken = SpikeGuard("skip", 10.0)
+    steady(broken)
+    for i in range(8):
+        assert not broken.check({"loss": 50.0}, 21 + i, 1)
+    assert broken.check({"loss": 1.0}, 29, 1)                                 # normal again
+    for i in range(10):
+        assert not broken.check({"loss": 50.0}, 30 + i, 1)
+    assert broken.spikes == 18 and broken.in_a_row == 10
+
+
+def test_warned_spike_enters_the_median():
+    """on_spike=warn applies the step, and its loss joins the running median (it is the run's
+    loss now); on_spike=skip leaves it out."""
+    warn = SpikeGuard("warn", 5.0)
+    steady(warn)
+    assert warn.check({"loss": 50.0}, 21, 1) and len(warn.recent) == 21 and warn.recent[-1] == 50.0
+
+
+def test_only_finite_loss_parts_are_judged_for_climbing():
+    """epoch_ended judges the loss parts ("loss_*"), not the total or other keys, and skips a
+    non-finite epoch mean (it never becomes the lowest); a part whose lowest was 0 (no positives
+    that epoch) cannot climb by a factor of it."""
+    guard = SpikeGuard("skip", 10.0)
+    assert guard.epoch_ended(1, {"loss_cls": math.nan, "loss": 1.0, "loss_box": 0.0}) is None
+    assert guard.epoch_ended(2, {"loss_cls": 1.0, "loss": 9.0, "loss_box": 0.5}) is None
+    said = guard.epoch_ended(3, {"loss_cls": 3.0, "loss": 3.0, "loss_box": 0.5})
+    assert said.startswith("the training loss is climbing: loss_cls 3 = 3.0 x its lowest (1 at epoch 2);")
+    assert guard.lowest == {"loss_cls": [1.0, 2], "loss_box": [0.0, 1]} and guard.rises == 1
 
 
 def test_spike_guard_state_round_trips():
