@@ -145,6 +145,18 @@ def test_only_finite_loss_parts_are_judged_for_climbing():
     said = guard.epoch_ended(3, {"loss_cls": 3.0, "loss": 3.0, "loss_box": 0.5})
     assert said.startswith("the training loss is climbing: loss_cls 3 = 3.0 x its lowest (1 at epoch 2);")
     assert guard.lowest == {"loss_cls": [1.0, 2], "loss_box": [0.0, 1]} and guard.rises == 1
+    tie = SpikeGuard("skip", 10.0)                  # a tie keeps the first epoch as the lowest
+    tie.epoch_ended(1, {"loss_cls": 1.0}), tie.epoch_ended(2, {"loss_cls": 1.0})
+    assert "(1 at epoch 1)" in tie.epoch_ended(3, {"loss_cls": 2.5})
+
+
+def test_spike_guard_state_of_an_older_checkpoint_and_a_full_window():
+    """A state without counts (an older latest.pth) resumes from zero spikes and rises; a
+    resumed window still holds the last 100 steps."""
+    guard = SpikeGuard("skip", 10.0)
+    guard.load_state_dict({"recent": [1.0] * 100})
+    assert (guard.spikes, guard.rises, guard.lowest) == (0, 0, {})
+    assert guard.check({"loss": 2.0}, 101, 2) and len(guard.recent) == 100 and guard.recent[-1] == 2.0
 
 
 def test_spike_guard_state_round_trips():
@@ -191,6 +203,22 @@ def test_skipped_step_leaves_the_weights_and_advances_the_schedule(monkeypatch):
 
 
 # ---- the collapse watch ----------------------------------------------------------------------
+def test_collapse_watch_reference_is_the_best_map_before():
+    """Each evaluation is judged against the earlier evaluation of best mAP (not of most
+    detections, not the latest), "under half" is strictly under 0.5 x, and the collapse line
+    names the last earlier evaluation that had detections. No evaluation: said so, no fall back."""
+    watch = CollapseWatch([(1, 0.5, 50), (2, 0.3, 400)])
+    assert "under half the best (0.5000 at epoch 1)" in watch.evaluated(3, 0.2, 30, 0.05)
+    assert CollapseWatch([(1, 0.5, 9)]).evaluated(2, 0.25, 9, 0.05) is None          # exactly half
+    steps = CollapseWatch([(1, 0.1, 5), (2, 0.2, 7), (3, 0.3, 9)])
+    assert "at epoch 4 (9 at epoch 3)" in steps.evaluated(4, 0.0, 0, 0.05)
+    one = CollapseWatch([(1, 0.1, 1)])
+    assert "the classifier collapsed: no detection above score_thresh=0.05 at epoch 2 (1 at epoch 1)" in \
+        one.evaluated(2, 0.0, 0, 0.05)
+    assert CollapseWatch([(1, 0.0, 0)]).evaluated(2, 0.0, 0, 0.05) is None         # never had any
+    assert CollapseWatch().summary() == ("no evaluation", False)
+
+
 def test_collapse_is_reported_at_the_evaluation_and_at_the_end():
     watch = CollapseWatch()
     assert watch.evaluated(3, 0.0006, 12, 0.05) is None
@@ -205,6 +233,10 @@ def test_collapse_is_reported_at_the_evaluation_and_at_the_end():
     watch = CollapseWatch([(3, 0.017, 500)])
     assert "under half the best (0.0170 at epoch 3)" in watch.evaluated(6, 0.0084, 400, 0.05)
     assert watch.evaluated(6, 0.0086, 400, 0.05) is None                     # redone (resume): replaces epoch 6
+    # a redone evaluation is judged against the epochs before it, not against its first try
+    redone = CollapseWatch([(3, 0.5, 10), (6, 0.9, 10)])
+    assert "under half the best (0.5000 at epoch 3)" in redone.evaluated(6, 0.2, 10, 0.05)
+    assert redone.history == [(3, 0.5, 10), (6, 0.2, 10)]
     assert watch.summary() == ("best mAP 0.0170 at epoch 3, last 0.0086 at epoch 6: the run fell back after its "
                                "best epoch (best.pth keeps it); " + loop_advice(), True)
     # 0.8 x the best is the end-of-run line's threshold
@@ -221,6 +253,25 @@ def loop_advice() -> str:
 
 
 # ---- EMA ---------------------------------------------------------------------------------------
+def test_ema_decay_is_checked_and_a_resumed_average_goes_on():
+    """ema must lie strictly between 0 and 1 (0 would not average, 1 would never move); a
+    resumed average (``load``: latest.pth's averaged weights and update count) continues with
+    the decay of the next update, as the uninterrupted run's would."""
+    model = nn.Linear(2, 1)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"ema={bad!r} must be between 0 and 1"):
+            ModelEMA(model, bad, 2)
+    ema = ModelEMA(model, 0.9, 2)
+    saved = {k: torch.full_like(v, 3.0) for k, v in model.state_dict().items()}
+    ema.load(saved, {"updates": 7, "decay": 0.9, "tau": 2})
+    assert ema.updates == 7 and all(torch.equal(v, saved[k]) for k, v in ema.module.state_dict().items())
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    d = 0.9 * (1 - math.exp(-8 / 2))
+    assert ema.updates == 8 and torch.allclose(ema.module.weight, torch.full((1, 2), d * 3 + (1 - d) * 1.0))
+
+
 def test_ema_equals_the_average_by_hand():
     """Three SGD steps of a conv + BatchNorm; after each, by hand in float64:
     d_t = decay (1 - exp(-t / tau)), ema = d_t ema + (1 - d_t) w for weights and BN statistics,
