@@ -610,7 +610,7 @@ def write_report(results: dict) -> None:
         first = entry.get("first_score")
         rows.append(f"| {rel} | {len(entry['mutants'])} | {counts['killed'] + counts['timeout']} | "
                     f"{counts['survived']} | {counts['no coverage']} | {counts['equivalent']} | "
-                    f"{'' if first is None else f'{first:.0%}'} | **{score:.0%}** | {entry.get('date', '')} |")
+                    f"{'' if first is None else f'{first:.0%}'} | **{score:.0%}** | {entry.get('date', 'partial')} |")
         left = sorted(((m["line"], ident, m) for ident, m in entry["mutants"].items()
                        if m["status"] in ("survived", "no coverage")))
         if left:

@@ -145,6 +145,8 @@ def test_only_finite_loss_parts_are_judged_for_climbing():
     said = guard.epoch_ended(3, {"loss_cls": 3.0, "loss": 3.0, "loss_box": 0.5})
     assert said.startswith("the training loss is climbing: loss_cls 3 = 3.0 x its lowest (1 at epoch 2);")
     assert guard.lowest == {"loss_cls": [1.0, 2], "loss_box": [0.0, 1]} and guard.rises == 1
+    double = SpikeGuard("skip", 10.0)                 # exactly 2 x is not over 2 x
+    assert double.epoch_ended(1, {"loss_cls": 0.5}) is None and double.epoch_ended(2, {"loss_cls": 1.0}) is None
     tie = SpikeGuard("skip", 10.0)                  # a tie keeps the first epoch as the lowest
     tie.epoch_ended(1, {"loss_cls": 1.0}), tie.epoch_ended(2, {"loss_cls": 1.0})
     assert "(1 at epoch 1)" in tie.epoch_ended(3, {"loss_cls": 2.5})
@@ -217,6 +219,11 @@ def test_collapse_watch_reference_is_the_best_map_before():
         one.evaluated(2, 0.0, 0, 0.05)
     assert CollapseWatch([(1, 0.0, 0)]).evaluated(2, 0.0, 0, 0.05) is None         # never had any
     assert CollapseWatch().summary() == ("no evaluation", False)
+    # the end-of-run line: "collapsed" needs detections at the best epoch (best.pth's) and none at the end
+    collapsed, fell = CollapseWatch([(1, 0.5, 1), (2, 0.3, 0)]).summary(0.5, 1)
+    assert fell and "the classifier collapsed (no detections at the end)" in collapsed
+    assert CollapseWatch([(1, 0.0, 0), (2, 0.0, 0)]).summary(0.0, 1) == ("best mAP 0.0000 at epoch 1, last 0.0000 "
+                                                                         "at epoch 2", False)
 
 
 def test_collapse_is_reported_at_the_evaluation_and_at_the_end():
