@@ -96,7 +96,7 @@ from fcos.convert import TORCHVISION_SETTINGS as FCOS_TV  # noqa: E402
 from public.data.collate import Batch  # noqa: E402
 from public.data.loaders import build_dataset, build_loader  # noqa: E402
 from public.data.prefetcher import normalize  # noqa: E402
-from public.engine.distributed import amp_dtype_of  # noqa: E402
+from public.engine.device_plan import device_plan  # noqa: E402
 from public.engine.train.loop import train_one_epoch  # noqa: E402
 from public.engine.train.optim import LRScheduler, build_optimizer  # noqa: E402
 from public.ops.anchors import FPN_STRIDES, grid_points  # noqa: E402
@@ -283,8 +283,8 @@ def train_ours(kind: str, precision: str, channels_last: bool, s: Settings, inpu
         model.to(memory_format=torch.channels_last)
     loss_fn, optimizer = cfg.build_loss(), build_optimizer(cfg, model)
     scheduler = LRScheduler(optimizer, cfg, 1000)
-    amp_dtype = amp_dtype_of(cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
+    plan = device_plan(cfg, device, distributed=False)   # the run's autocast dtype and GradScaler
+    amp_dtype, scaler = plan.autocast_dtype, plan.grad_scaler()
 
     def epoch(steps: int) -> None:   # the real loop, over the same batch ``steps`` times
         train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, [inputs.batch] * steps, device, 0, cfg,

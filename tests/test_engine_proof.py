@@ -467,3 +467,17 @@ def test_trainer_overfits_eight_images(data, tmp_path, monkeypatch):
     best = loop.train(load_config("fcos/config_demo.py", keys))
     assert best >= 0.5
     assert torch.load(tmp_path / "overfit" / "best.pth", weights_only=True)["epoch"] == 40
+
+
+def test_two_dimensional_weights_are_decayed_like_conv_weights():
+    """A linear layer's weight (2-D, as in a user's own head) is a weight: decayed, at the lr;
+    its bias goes with the biases, a norm layer's weight with the undecayed 1-D parameters."""
+    from public.engine.train.optim import parameter_groups
+
+    cfg = load_config("fcos/config.py", ["weight_decay=0.0001", "weight_decay_1d=False"])
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2), nn.BatchNorm1d(2))
+    model(torch.zeros(2, 3, 5, 5))
+    weights, biases, others = parameter_groups(cfg, model)
+    assert [p.shape for p in weights["params"]] == [(4, 3, 3, 3), (2, 36)] and weights["weight_decay"] == 0.0001
+    assert [p.shape for p in biases["params"]] == [(4,), (2,), (2,)] and biases["weight_decay"] == 0.0
+    assert [p.shape for p in others["params"]] == [(2,)] and others["weight_decay"] == 0.0

@@ -4,6 +4,7 @@ a forced collapse."""
 import json
 import logging
 import math
+from collections import deque
 
 import pytest
 import torch
@@ -85,6 +86,81 @@ def test_climbing_epoch_loss_is_reported():
                for e, v in enumerate([0.89, 0.507, 0.483, 0.76, 0.736, 0.471, 0.349]))
 
 
+def test_running_median_is_of_the_last_100_steps():
+    """The median of the last WINDOW = 100 accepted losses: after 60 x 2.0 then 50 x 1.0 the
+    window holds 50 of each, median (1 + 2) / 2 = 1.5 (101 steps would give 2.0). Odd and even
+    counts by hand: [1, 2, 10] -> 2, [1, 2, 3, 10] -> 2.5. A loss of exactly factor x the median
+    is no spike (the line is "over"). The default guard skips at 10 x."""
+    guard = SpikeGuard("skip", 10.0)
+    for i, value in enumerate([2.0] * 60 + [1.0] * 50):
+        assert guard.check({"loss": value}, i + 1, 1)
+    assert len(guard.recent) == 100 and guard.median() == 1.5
+    for values, median in (([1.0, 2.0, 10.0], 2.0), ([1.0, 2.0, 3.0, 10.0], 2.5)):
+        guard.recent = deque(values)
+        assert guard.median() == median
+    exact = SpikeGuard("skip", 10.0)
+    steady_ones = [exact.check({"loss": 1.0}, i + 1, 1) for i in range(MIN_STEPS)]
+    assert all(steady_ones) and exact.check({"loss": 10.0}, 21, 1) and not exact.check({"loss": 10.01}, 22, 1)
+    default = SpikeGuard()
+    for i in range(MIN_STEPS):
+        default.check({"loss": 1.0}, i + 1, 1)
+    assert default.action == "skip" and not default.check({"loss": 10.01}, 21, 1)
+    with pytest.raises(ValueError, match="on_spike='skp' must be 'skip', 'warn' or 'stop'"):
+        SpikeGuard("skp")
+
+
+def test_spikes_in_a_row_count_from_the_last_normal_step():
+    """on_spike=skip stops at the 11th spike in a row, counting from the run's start (NaN from
+    the first step) or from the last normal step; a normal step between spikes restarts the count."""
+    fresh = SpikeGuard("skip", 10.0)
+    for i in range(10):
+        assert not fresh.check({"loss": math.nan}, i + 1, 1)
+    with pytest.raises(SpikeError, match="11 loss spikes in a row"):
+        fresh.check({"loss": math.nan}, 11, 1)
+    broken = SpikeGuard("skip", 10.0)
+    steady(broken)
+    for i in range(8):
+        assert not broken.check({"loss": 50.0}, 21 + i, 1)
+    assert broken.check({"loss": 1.0}, 29, 1)                                 # normal again
+    for i in range(10):
+        assert not broken.check({"loss": 50.0}, 30 + i, 1)
+    assert broken.spikes == 18 and broken.in_a_row == 10
+
+
+def test_warned_spike_enters_the_median():
+    """on_spike=warn applies the step, and its loss joins the running median (it is the run's
+    loss now); on_spike=skip leaves it out."""
+    warn = SpikeGuard("warn", 5.0)
+    steady(warn)
+    assert warn.check({"loss": 50.0}, 21, 1) and len(warn.recent) == 21 and warn.recent[-1] == 50.0
+
+
+def test_only_finite_loss_parts_are_judged_for_climbing():
+    """epoch_ended judges the loss parts ("loss_*"), not the total or other keys, and skips a
+    non-finite epoch mean (it never becomes the lowest); a part whose lowest was 0 (no positives
+    that epoch) cannot climb by a factor of it."""
+    guard = SpikeGuard("skip", 10.0)
+    assert guard.epoch_ended(1, {"loss_cls": math.nan, "loss": 1.0, "loss_box": 0.0}) is None
+    assert guard.epoch_ended(2, {"loss_cls": 1.0, "loss": 9.0, "loss_box": 0.5}) is None
+    said = guard.epoch_ended(3, {"loss_cls": 3.0, "loss": 3.0, "loss_box": 0.5})
+    assert said.startswith("the training loss is climbing: loss_cls 3 = 3.0 x its lowest (1 at epoch 2);")
+    assert guard.lowest == {"loss_cls": [1.0, 2], "loss_box": [0.0, 1]} and guard.rises == 1
+    double = SpikeGuard("skip", 10.0)                 # exactly 2 x is not over 2 x
+    assert double.epoch_ended(1, {"loss_cls": 0.5}) is None and double.epoch_ended(2, {"loss_cls": 1.0}) is None
+    tie = SpikeGuard("skip", 10.0)                  # a tie keeps the first epoch as the lowest
+    tie.epoch_ended(1, {"loss_cls": 1.0}), tie.epoch_ended(2, {"loss_cls": 1.0})
+    assert "(1 at epoch 1)" in tie.epoch_ended(3, {"loss_cls": 2.5})
+
+
+def test_spike_guard_state_of_an_older_checkpoint_and_a_full_window():
+    """A state without counts (an older latest.pth) resumes from zero spikes and rises; a
+    resumed window still holds the last 100 steps."""
+    guard = SpikeGuard("skip", 10.0)
+    guard.load_state_dict({"recent": [1.0] * 100})
+    assert (guard.spikes, guard.rises, guard.lowest) == (0, 0, {})
+    assert guard.check({"loss": 2.0}, 101, 2) and len(guard.recent) == 100 and guard.recent[-1] == 2.0
+
+
 def test_spike_guard_state_round_trips():
     guard = SpikeGuard("skip", 10.0)
     steady(guard, 30)
@@ -129,6 +205,27 @@ def test_skipped_step_leaves_the_weights_and_advances_the_schedule(monkeypatch):
 
 
 # ---- the collapse watch ----------------------------------------------------------------------
+def test_collapse_watch_reference_is_the_best_map_before():
+    """Each evaluation is judged against the earlier evaluation of best mAP (not of most
+    detections, not the latest), "under half" is strictly under 0.5 x, and the collapse line
+    names the last earlier evaluation that had detections. No evaluation: said so, no fall back."""
+    watch = CollapseWatch([(1, 0.5, 50), (2, 0.3, 400)])
+    assert "under half the best (0.5000 at epoch 1)" in watch.evaluated(3, 0.2, 30, 0.05)
+    assert CollapseWatch([(1, 0.5, 9)]).evaluated(2, 0.25, 9, 0.05) is None          # exactly half
+    steps = CollapseWatch([(1, 0.1, 5), (2, 0.2, 7), (3, 0.3, 9)])
+    assert "at epoch 4 (9 at epoch 3)" in steps.evaluated(4, 0.0, 0, 0.05)
+    one = CollapseWatch([(1, 0.1, 1)])
+    assert "the classifier collapsed: no detection above score_thresh=0.05 at epoch 2 (1 at epoch 1)" in \
+        one.evaluated(2, 0.0, 0, 0.05)
+    assert CollapseWatch([(1, 0.0, 0)]).evaluated(2, 0.0, 0, 0.05) is None         # never had any
+    assert CollapseWatch().summary() == ("no evaluation", False)
+    # the end-of-run line: "collapsed" needs detections at the best epoch (best.pth's) and none at the end
+    collapsed, fell = CollapseWatch([(1, 0.5, 1), (2, 0.3, 0)]).summary(0.5, 1)
+    assert fell and "the classifier collapsed (no detections at the end)" in collapsed
+    assert CollapseWatch([(1, 0.0, 0), (2, 0.0, 0)]).summary(0.0, 1) == ("best mAP 0.0000 at epoch 1, last 0.0000 "
+                                                                         "at epoch 2", False)
+
+
 def test_collapse_is_reported_at_the_evaluation_and_at_the_end():
     watch = CollapseWatch()
     assert watch.evaluated(3, 0.0006, 12, 0.05) is None
@@ -143,6 +240,10 @@ def test_collapse_is_reported_at_the_evaluation_and_at_the_end():
     watch = CollapseWatch([(3, 0.017, 500)])
     assert "under half the best (0.0170 at epoch 3)" in watch.evaluated(6, 0.0084, 400, 0.05)
     assert watch.evaluated(6, 0.0086, 400, 0.05) is None                     # redone (resume): replaces epoch 6
+    # a redone evaluation is judged against the epochs before it, not against its first try
+    redone = CollapseWatch([(3, 0.5, 10), (6, 0.9, 10)])
+    assert "under half the best (0.5000 at epoch 3)" in redone.evaluated(6, 0.2, 10, 0.05)
+    assert redone.history == [(3, 0.5, 10), (6, 0.2, 10)]
     assert watch.summary() == ("best mAP 0.0170 at epoch 3, last 0.0086 at epoch 6: the run fell back after its "
                                "best epoch (best.pth keeps it); " + loop_advice(), True)
     # 0.8 x the best is the end-of-run line's threshold
@@ -159,6 +260,25 @@ def loop_advice() -> str:
 
 
 # ---- EMA ---------------------------------------------------------------------------------------
+def test_ema_decay_is_checked_and_a_resumed_average_goes_on():
+    """ema must lie strictly between 0 and 1 (0 would not average, 1 would never move); a
+    resumed average (``load``: latest.pth's averaged weights and update count) continues with
+    the decay of the next update, as the uninterrupted run's would."""
+    model = nn.Linear(2, 1)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"ema={bad!r} must be between 0 and 1"):
+            ModelEMA(model, bad, 2)
+    ema = ModelEMA(model, 0.9, 2)
+    saved = {k: torch.full_like(v, 3.0) for k, v in model.state_dict().items()}
+    ema.load(saved, {"updates": 7, "decay": 0.9, "tau": 2})
+    assert ema.updates == 7 and all(torch.equal(v, saved[k]) for k, v in ema.module.state_dict().items())
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    d = 0.9 * (1 - math.exp(-8 / 2))
+    assert ema.updates == 8 and torch.allclose(ema.module.weight, torch.full((1, 2), d * 3 + (1 - d) * 1.0))
+
+
 def test_ema_equals_the_average_by_hand():
     """Three SGD steps of a conv + BatchNorm; after each, by hand in float64:
     d_t = decay (1 - exp(-t / tau)), ema = d_t ema + (1 - d_t) w for weights and BN statistics,

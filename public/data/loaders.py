@@ -19,6 +19,7 @@ from public.data.collate import collate
 from public.data.crowns import CROWNS_ROOT, ensure_crowns_data
 from public.data.demo import DEMO_ROOT, ensure_demo_data
 from public.data.mosaic import build_mosaic
+from public.data.prefetcher import pinned_copies
 from public.data.sampler import GroupedBatchSampler
 from public.data.seeding import EpochBatches, EpochSamples
 from public.data.transforms import build_transforms
@@ -94,7 +95,7 @@ def build_loader(cfg, dataset, train: bool, device: torch.device, rank: int = 0,
     ``collate_fn`` replaces the padding ``collate`` (test-time augmentation takes raw samples).
     The loaders draw their worker seeds from their own generator, not from the process's torch RNG."""
     collate_fn = collate_fn or functools.partial(collate, size_divisible=cfg.size_divisible)
-    common = {"num_workers": cfg.num_workers, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
+    common = {"num_workers": cfg.num_workers, "collate_fn": collate_fn, "pin_memory": pinned_copies(device),
               "persistent_workers": cfg.num_workers > 0, "worker_init_fn": _seed_worker,
               "generator": torch.Generator().manual_seed(cfg.seed + rank)}
     if not train:

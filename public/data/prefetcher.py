@@ -67,6 +67,12 @@ class TorchvisionResize:
                                    scales=batch.scales * ratio, targets=targets)
 
 
+def pinned_copies(device) -> bool:
+    """Whether batches for ``device`` go through page-locked host memory with non_blocking
+    copies: only to a CUDA device (a copy to the CPU is no copy; pinning there only costs)."""
+    return torch.device(device).type == "cuda"
+
+
 def eval_resize(cfg):
     """The device-side evaluation resize of ``cfg`` (``TorchvisionResize``), or None when the
     loader resizes (``test_resize="opencv"``, the default)."""
@@ -100,7 +106,7 @@ class Prefetcher:
         return len(self.loader)
 
     def _prepare(self, batch):
-        batch = batch.to(self.device, non_blocking=True)
+        batch = batch.to(self.device, non_blocking=pinned_copies(self.device))
         if self.resize is not None:
             batch = self.resize(batch)
             images = batch.images                            # [B, 3, H', W'] float32, normalised

@@ -147,7 +147,7 @@ class Predictor:
                 for i, det in enumerate(to_original(self._forward(batch), batch, flipped)):
                     sides = (det["boxes"][:, 2:] - det["boxes"][:, :2]).clamp(min=0)   # [D, 2]
                     size = (sides[:, 0] * sides[:, 1]).sqrt()                         # [D]
-                    keep = (size >= min_size) & (size <= max_size)
+                    keep = (size > min_size) & (size <= max_size)                   # (min, max]
                     pooled[i].append({k: v[keep] for k, v in det.items()})
             detections = [merge_detections(
                 torch.cat([d["boxes"] for d in dets]), torch.cat([d["scores"] for d in dets]),

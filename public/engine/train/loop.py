@@ -16,7 +16,7 @@ from public.data.loaders import build_dataset, build_loader, prepare_builtin_dat
 from public.data.prefetcher import Prefetcher, eval_resize
 from public.data.validate import check_same_classes
 from public.engine import distributed as dist_utils
-from public.engine.distributed import amp_dtype_of
+from public.engine.device_plan import device_plan
 from public.engine.evaluate.evaluator import check_eval_backend, evaluate, log_evaluation
 from public.engine.runs import resume as resume_utils
 from public.engine.runs.checkpoint import (build_model_for_checkpoint, is_densedet, load_checkpoint,
@@ -91,9 +91,7 @@ def build_run_model(spec, train_set, start: Start, device: torch.device) -> torc
     model.to(device)
     if spec.channels_last:
         model.to(memory_format=torch.channels_last)
-    if dist_utils.is_distributed() and spec.freeze_bn is False and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over all GPUs' images
-    return model
+    return device_plan(spec, device, dist_utils.is_distributed()).prepare_model(model)   # SyncBN on GPUs
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -285,8 +283,8 @@ def build_run(spec, train_set, val_set, start: Start, device, resolved: dict) ->
     loss_fn, decoder = spec.build_loss(), spec.build_decoder()
     optimizer = build_optimizer(spec, model)
     scheduler = LRScheduler(optimizer, spec, len(train_loader))
-    amp_dtype = amp_dtype_of(spec)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
+    plan = device_plan(spec, device, dist_utils.is_distributed())   # autocast dtype, GradScaler
+    amp_dtype, scaler = plan.autocast_dtype, plan.grad_scaler()
     checkpoint, work_dir = start.checkpoint, Path(spec.work_dir)
     start_epoch, best_map, pending_losses, best_epoch = 0, -1.0, None, None  # pending: an evaluation to redo
     guard, watch = SpikeGuard(spec.on_spike, spec.spike_factor), CollapseWatch()
