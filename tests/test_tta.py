@@ -133,7 +133,7 @@ def test_tta_passes_check_the_keys_and_default_to_every_size():
     square = tta_passes(load_config("fcos/config_demo.py", ["tta_scales=(30,)", "tta_scale_ranges=()",
                                                             "resize_mode=square"]))
     assert square[0][0].transforms[0].square
-    for keys, message in ((["tta_scales=()"], "tta_scales"),
+    for keys, message in ((["tta_scales=()", "tta_scale_ranges=()"], "tta_scales is empty"),
                           (["tta_scales=(30, 60)", "tta_scale_ranges=((0, 10, 20), (0, 10))"], "tta_scale_ranges"),
                           (["tta_scales=(30,)", "tta_scale_ranges=()", "tta_merge='mean'"], "tta_merge")):
         cfg = load_config("fcos/config_demo.py")
@@ -169,6 +169,7 @@ def test_predictor_runs_model_as_asked_and_times_between_syncs(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")     # no autocast warning without amp: it is off, not float32
         plain([image()])
+    assert plain.num_images == 1 and plain.seconds_per_image == plain.seconds > 0
     Predictor(model, KnownDetector(), cfg, "cpu", amp_dtype=torch.float16, channels_last=True)([image()])
     assert model.calls == [(False, False, False, torch.float32), (False, True, True, torch.float16)]
     events = []
@@ -211,16 +212,16 @@ def test_predict_tta_gives_coco_results_in_original_pixels(caplog):
     tta = Predictor(model, KnownDetector(), cfg, "cpu")
     sample = lambda image_id: {"image": image(), "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
                                "image_id": image_id, "orig_size": (H, W), "scale": (1.0, 1.0)}
-    loader = [[sample(5)], [sample(6)], [sample(7)]]
+    loader = [[sample(5)], [sample(6)], [sample(7)], [sample(8)]]
     with caplog.at_level(logging.INFO, logger="densedet"):
-        results, seconds = predict_tta(tta, loader, label_to_cat_id=[7, 9], log_interval=2)
+        results, seconds = predict_tta(tta, loader, label_to_cat_id=[7, 9], log_interval=3)
     assert model.training and {call[0] for call in model.calls} == {False}
-    assert [m for m in caplog.messages if "TTA" in m] == ["evaluating with TTA [2/3]"]
+    assert [m for m in caplog.messages if "TTA" in m] == ["evaluating with TTA [3/4]"]
     rows = by_hand({30: ["large"], 60: ["b20"], 75: ["small"]}, flip=False)
     expected = [{"image_id": i, "category_id": 7, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
-                for i in (5, 6, 7) for x1, y1, x2, y2, score, _ in rows]
+                for i in (5, 6, 7, 8) for x1, y1, x2, y2, score, _ in rows]
     assert [{**r, "bbox": [round(v, 3) for v in r["bbox"]], "score": round(r["score"], 6)} for r in results] == expected
-    assert seconds == pytest.approx(tta.seconds / 3) and seconds > 0
+    assert seconds == pytest.approx(tta.seconds / 4) and seconds > 0
 
 
 def test_thresholds_keep_a_score_equal_to_its_class_threshold():
