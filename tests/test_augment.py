@@ -4,6 +4,7 @@ reproducibility, and the paper configs' pipelines unchanged."""
 from __future__ import annotations
 
 import random
+import warnings
 
 import cv2
 import numpy as np
@@ -347,3 +348,82 @@ def test_full_pipeline_keeps_boxes_on_their_pixels():
             np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], box, atol=1.0)
             kept += 1
     assert kept > 60  # most boxes survive; some are cropped away
+
+
+# ----------------------------------------------------------------------------- edges the mutants found
+
+def test_rot90_turns_are_taken_modulo_four():
+    """k counts quarter turns: k = 4 is none, 5 is one, -1 is three (boxes, pixels and scale)."""
+    boxes = np.array([[1, 2, 4, 3]], np.float32)
+    np.testing.assert_array_equal(rot90_boxes(boxes, 5, 10, 20), rot90_boxes(boxes, 1, 10, 20))
+    np.testing.assert_array_equal(rot90_boxes(boxes, -1, 10, 20), rot90_boxes(boxes, 3, 10, 20))
+    np.testing.assert_array_equal(rot90_boxes(boxes, 4, 10, 20), boxes)
+    sample = make_sample(10, 20, boxes, scale=(0.5, 0.25))
+    sample["image"] = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    assert RandomRot90().apply(sample, 4) is sample
+    five, one = RandomRot90().apply(sample, 5), RandomRot90().apply(sample, 1)
+    np.testing.assert_array_equal(five["image"], one["image"])
+    np.testing.assert_array_equal(five["image"], np.rot90(sample["image"], 1))
+    assert five["scale"] == one["scale"] == (0.25, 0.5)
+
+
+def test_geometry_of_a_sample_without_scale():
+    """A sample dict without "scale" is at scale 1: a rotation keeps (1, 1), a jitter gives its factors."""
+    sample = make_sample(20, 40, [[2, 2, 10, 10]])
+    del sample["scale"]
+    assert RandomRot90().apply(sample, 1)["scale"] == (1.0, 1.0)
+    out = ScaleJitterCrop(Resize((20,), 100), (2.0, 2.0), 0.3).apply(sample, (40, 80), (0, 0, 80, 40))
+    assert out["scale"] == (2.0, 2.0)
+
+
+def test_crop_keeps_a_one_pixel_box_and_divides_by_no_zero_area():
+    """A 1 x 1 box fully inside is kept at min_visibility 0.5; a zero-area box is dropped without
+    a division by zero (no RuntimeWarning)."""
+    boxes = np.array([[5, 5, 6, 6], [2, 2, 2, 8], [3, 3, 9, 3]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out_boxes, out_labels = crop_boxes(boxes, np.array([0, 1, 2]), 0, 0, 50, 50, min_visibility=0.5)
+    np.testing.assert_array_equal(out_boxes, [[5, 5, 6, 6]])
+    np.testing.assert_array_equal(out_labels, [0])
+
+
+def test_scale_jitter_to_under_one_pixel_keeps_one():
+    """A factor that rounds a side to 0 px leaves it 1 px: 10 x 100 at x0.04 is 1 x 4."""
+    jitter = ScaleJitterCrop(Resize((10,), 100), (0.04, 0.04), 0.3)
+    assert jitter.draw(10, 100) == ((1, 4), (0, 0, 4, 1))
+    assert ScaleJitterCrop(Resize((100,), 1000), (0.004, 0.004), 0.3).draw(1000, 100) == ((4, 1), (0, 0, 1, 4))
+
+
+def test_brightness_is_torchvision_exactly_where_float32_rounds_up():
+    """At 128/127 (in float32), 127 x factor is 127.99999 in float64 but 128.0 in float32, as
+    torchvision computes it: the table is built in float32."""
+    factor = 1.0078740119934082
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)    # [1, 256, 3]
+    theirs = TF.adjust_brightness(torch.from_numpy(ramp).permute(2, 0, 1), factor).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(adjust_brightness(ramp, factor), theirs)
+    assert adjust_brightness(ramp, factor)[0, 127, 0] == 128
+
+
+def test_contrast_and_hue_reach_black():
+    """Contrast x2 of a half-black, half-200 grey image (mean 100): 0 -> 0 (clipped from -100),
+    200 -> 255 (from 300). A hue shift leaves black black."""
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[:, 1] = 200
+    np.testing.assert_array_equal(adjust_contrast(image, 2.0)[..., 0], [[0, 255], [0, 255]])
+    coloured = np.array([[[0, 0, 0], [200, 30, 30]]], np.uint8)
+    assert adjust_hue(coloured, 0.3)[0, 0].tolist() == [0, 0, 0]
+
+
+def test_photometric_default_probability_and_call():
+    """PhotometricDistortion() applies each change with probability 0.5; calling it changes the
+    image as apply_image does with the same draw."""
+    random.seed(1)
+    draws = [PhotometricDistortion().draw() for _ in range(2000)]
+    assert abs(np.mean([d["brightness"] is not None for d in draws]) - 0.5) < 0.04
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    sample = {**make_sample(8, 8, [[1, 2, 3, 4]]), "image": image}
+    random.seed(3)
+    expected = PhotometricDistortion(prob=1.0).apply_image(image, PhotometricDistortion(prob=1.0).draw())
+    random.seed(3)
+    np.testing.assert_array_equal(PhotometricDistortion(prob=1.0)(sample)["image"], expected)
+    assert np.abs(expected.astype(int) - image).mean() > 3

@@ -23,7 +23,7 @@ from public.data.demo import (
 )
 from public.data.prefetcher import PIXEL_MEAN, PIXEL_STD, Prefetcher, normalize
 from public.data.sampler import GroupedBatchSampler
-from public.data.transforms import RandomHorizontalFlip, Resize, build_transforms
+from public.data.transforms import RandomFlip, RandomHorizontalFlip, Resize, build_transforms
 from public.data.validate import DatasetError
 from helpers import CapturedLog
 
@@ -469,3 +469,36 @@ def test_dataset_orientation_from_json(messy_dataset, tmp_path):
               {"id": 2, "file_name": "l.png", "width": 50, "height": 30}]
     dataset = CocoDetection(*write_dataset(tmp_path / "o", images, [ann(1, 1, 3, [0, 0, 5, 5])], CATEGORIES))
     assert dataset.portrait().tolist() == [True, False]
+
+
+def test_resize_edges():
+    """Resize: a bad mode or no min size is refused; a side that rounds to 0 px is 1 px; a sample
+    without "scale" is at scale 1 (its new scale is the resize's)."""
+    with pytest.raises(ValueError, match="mode"):
+        Resize((10,), 100, mode="random")
+    with pytest.raises(ValueError, match="min size"):
+        Resize((), 100)
+    assert Resize((1,), 3).output_size(10, 1000, 1) == (1, 3)        # capped by max_size: 0.003 x 10 -> 1 px
+    assert Resize((1,), 3).output_size(1000, 10, 1) == (3, 1)
+    sample = {"image": np.zeros((10, 20, 3), np.uint8), "boxes": np.zeros((0, 4), np.float32),
+              "labels": np.zeros(0, np.int64)}
+    assert Resize((20,), 100)(sample)["scale"] == (2.0, 2.0)
+
+
+def test_flip_defaults_and_torchvision_evaluation():
+    """RandomFlip mirrors left-right unless told otherwise, with probability 0.5 by default;
+    test_resize="torchvision" leaves evaluation images as read (training still resizes) and
+    needs keep_ratio."""
+    sample = {"image": np.arange(6, dtype=np.uint8).reshape(1, 2, 3), "boxes": np.array([[0, 0, 1, 1]], np.float32)}
+    flipped = RandomFlip(1.0)(sample)
+    np.testing.assert_array_equal(flipped["boxes"], [[1, 0, 2, 1]])
+    np.testing.assert_array_equal(flipped["image"], sample["image"][:, ::-1])
+    random.seed(0)
+    assert abs(np.mean([RandomHorizontalFlip()(sample) is not sample for _ in range(2000)]) - 0.5) < 0.04
+    from config import load_config
+    cfg = load_config("fcos/config_demo.py", ["test_resize=torchvision"])
+    assert build_transforms(cfg, train=False).transforms == []
+    assert type(build_transforms(cfg, train=True).transforms[0]) is Resize
+    with pytest.raises(ValueError, match="keep_ratio"):
+        build_transforms(load_config("fcos/config_demo.py", ["test_resize=torchvision", "resize_mode=square"]),
+                         train=False)

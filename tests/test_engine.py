@@ -8,7 +8,7 @@ import torch
 from fcos.config_demo import Config as DemoConfig
 from public.data.collate import Batch
 from public.engine.runs.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from public.engine.train.optim import LRScheduler, build_optimizer
+from public.engine.train.optim import LRScheduler, Schedule, build_optimizer
 from public.engine.train.loop import init_weights_from, train_one_epoch
 
 
@@ -44,6 +44,95 @@ def test_cosine_and_plateau():
     assert sched.get_lr() == pytest.approx(0.5)
     state = sched.state_dict()
     assert all(isinstance(v, (int, float)) for v in state.values())     # loads with weights_only=True
+
+
+def test_schedule_edges_by_hand():
+    """lr_at at the edges a run meets: iteration 0, the last warmup iteration, a step boundary
+    and the last iteration, each computed by hand; one iteration per epoch is allowed."""
+    warm = dict(lr=0.1, warmup_iters=4, warmup_factor=0.2, epochs=3)
+    multistep = Schedule.from_config(DemoConfig(scheduler="multistep", lr_steps=(1, 2), lr_gamma=0.5, **warm), 1)
+    assert multistep.step_iters == (1, 2) and multistep.total_iters == 3
+    # warmup x step: 0.2; (0.2 x 3/4 + 1/4) x 0.5 (iteration 1 >= step 1); iteration 3: 0.8 x 0.25
+    expected = [0.1 * 0.2, 0.1 * 0.4 * 0.5, 0.1 * 0.6 * 0.25, 0.1 * 0.8 * 0.25, 0.1 * 0.25]
+    assert [multistep.lr_at(i) for i in range(5)] == pytest.approx(expected)
+    cosine = Schedule.from_config(DemoConfig(scheduler="cosine", warmup_iters=0, lr=2.0, epochs=1), 1)
+    assert cosine.total_iters == 1
+    assert [cosine.lr_at(0), cosine.lr_at(1), cosine.lr_at(5)] == pytest.approx([2.0, 0.0, 0.0], abs=1e-12)
+    cosine = Schedule.from_config(DemoConfig(scheduler="cosine", warmup_iters=0, lr=2.0, epochs=3), 2)
+    assert cosine.lr_at(2) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi / 3)))   # 1.5
+    plateau = Schedule.from_config(DemoConfig(scheduler="plateau", **warm), 10)
+    assert plateau.lr_at(20) == pytest.approx(0.1) and plateau.lr_at(20, 0.5) == pytest.approx(0.05)
+    assert plateau.lr_at(3) == pytest.approx(0.1 * 0.8)
+
+
+def test_schedule_refuses_lr_steps_as_fractions():
+    """lr_steps are whole epochs once resolved; fractions left over are an error naming the key
+    (the key's own check refuses mixed or non-whole epochs before this)."""
+    for steps in ((0.5,), (0.25, 0.75)):
+        with pytest.raises(ValueError, match="lr_steps"):
+            Schedule.from_config(DemoConfig(scheduler="multistep", lr_steps=steps, epochs=3), 10)
+    assert Schedule.from_config(DemoConfig(scheduler="multistep", lr_steps=(1, 2.0), epochs=3), 10).step_iters == (10, 20)
+    assert Schedule.from_config(DemoConfig(scheduler="cosine", lr_steps=(0.5,), epochs=3), 10).kind == "cosine"
+
+
+def test_scheduler_sets_every_group_lr():
+    """The optimizer's groups hold the schedule's lr (x each group's lr_factor) from the start, after
+    each step and after each evaluation; an optimizer without lr_factor gets the schedule's lr."""
+    cfg = DemoConfig(lr=0.1, scheduler="plateau", warmup_iters=2, warmup_factor=0.5, bias_lr_factor=2.0,
+                     plateau_patience=0, lr_gamma=0.1)
+    optimizer = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    sched = LRScheduler(optimizer, cfg, iters_per_epoch=5)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [1, 1, 0]   # Linear: a 2-D weight, a bias
+    lrs = lambda: [g["lr"] for g in optimizer.param_groups]           # weights, biases, others
+    assert lrs() == pytest.approx([0.05, 0.1, 0.05])
+    sched.step()
+    assert lrs() == pytest.approx([0.075, 0.15, 0.075])
+    sched.step()
+    sched.step_metric(0.3)
+    sched.step_metric(0.2)                                               # patience 0: x 0.1 now
+    assert lrs() == pytest.approx([0.01, 0.02, 0.01])
+    plain = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=7.0)
+    LRScheduler(plain, cfg, iters_per_epoch=5)
+    assert plain.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_plateau_rule_counts_evaluations():
+    """mode max, like ReduceLROnPlateau: an equal mAP is no improvement; a better one resets the
+    count; after each reduction the count starts again."""
+    cfg = DemoConfig(lr=1.0, scheduler="plateau", warmup_iters=0, plateau_patience=1, lr_gamma=0.5)
+    sched = LRScheduler(build_optimizer(cfg, torch.nn.Linear(2, 2)), cfg, iters_per_epoch=5)
+    assert sched.state_dict() == {"iteration": 0, "plateau_factor": 1.0, "best_metric": -math.inf, "bad_evals": 0}
+    lrs = []
+    for value in (0.3, 0.2, 0.4, 0.3, 0.4, 0.35, 0.1):
+        sched.step_metric(value)
+        lrs.append(sched.get_lr())
+    # 0.3 best; 0.2 one bad; 0.4 best; 0.3 one bad; 0.4 equal: two bad -> x0.5; 0.35 one bad; 0.1 two -> x0.5
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25])
+    cfg = DemoConfig(lr=1.0, scheduler="plateau", warmup_iters=0, plateau_patience=0, lr_gamma=0.5)
+    sched = LRScheduler(build_optimizer(cfg, torch.nn.Linear(2, 2)), cfg, iters_per_epoch=5)
+    sched.step_metric(0.0)                                               # the first evaluation is a best
+    assert sched.get_lr() == pytest.approx(1.0)
+
+
+def test_scheduler_state_round_trip():
+    """A resumed scheduler continues where the saved one stopped: iteration, plateau factor, best
+    mAP and the count of evaluations without improvement, and the optimizer's lrs at once."""
+    cfg = DemoConfig(lr=1.0, scheduler="plateau", warmup_iters=10, warmup_factor=0.5, plateau_patience=1,
+                     lr_gamma=0.5)
+    sched = LRScheduler(build_optimizer(cfg, torch.nn.Linear(2, 2)), cfg, iters_per_epoch=5)
+    for _ in range(3):
+        sched.step()
+    for value in (0.3, 0.2, 0.2, 0.1):                                  # x0.5, then one bad evaluation
+        sched.step_metric(value)
+    state = sched.state_dict()
+    assert state == {"iteration": 3, "plateau_factor": 0.5, "best_metric": 0.3, "bad_evals": 1}
+    optimizer = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    resumed = LRScheduler(optimizer, cfg, iters_per_epoch=5)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * (0.5 * 0.7 + 0.3))   # warmup at 3/10 x 0.5
+    resumed.step_metric(0.25)                                           # second bad one: x0.5 again
+    assert resumed.get_lr() == pytest.approx(0.25 * 0.65)
 
 
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):

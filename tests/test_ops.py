@@ -77,3 +77,11 @@ def test_class_agnostic_nms_keeps_one_box_per_object():
     assert agnostic["scores"].tolist() == pytest.approx([0.9, 0.7]) and agnostic["labels"].tolist() == [0, 1]
     out_boxes, out_scores, out_labels, counts = padded_nms(boxes, scores, labels, valid, 2, 0.5, 4, True)
     assert counts.tolist() == [2] and out_labels[0].tolist() == [0, 1, -1, -1]
+
+
+def test_centerness_target_of_any_leading_shape():
+    """[..., 4] ltrb -> [...]: sqrt(min(l,r)/max(l,r) x min(t,b)/max(t,b)), here on [2, 2, 4]."""
+    from public.ops.boxes import centerness_target
+    distances = torch.tensor([[[1.0, 4, 1, 1], [2, 2, 2, 2]], [[3, 1, 1, 3], [1, 1, 4, 9]]])
+    expected = torch.tensor([[(1 / 4) ** 0.5, 1.0], [(1 / 9) ** 0.5, (1 / 36) ** 0.5]])
+    torch.testing.assert_close(centerness_target(distances), expected)
