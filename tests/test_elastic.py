@@ -36,8 +36,10 @@ def test_torchrun_restart_after_a_killed_process_ends_with_the_uninterrupted_wei
     assert reference.returncode == 0, reference.stderr[-3000:]
     marker, work_dir = tmp_path / "killed", tmp_path / "restarted"
     # rank 1 kills itself after iteration 3: in epoch 2 (2 iterations an epoch), after latest.pth of epoch 1
+    # up to 3 restarts, as a cluster user would allow: on a loaded machine the restarted group's gloo
+    # connection can time out once, and torchrun then restarts it again (the kill happens once)
     restarted = torchrun(["tests/pausing_train.py", "kill:1:3", str(marker), *args, f"work_dir={work_dir}"],
-                         restarts=1)
+                         restarts=3)
     output = restarted.stdout + restarted.stderr
     assert restarted.returncode == 0, output[-4000:]
     assert marker.read_text() == "kill:1:3"
