@@ -1,4 +1,4 @@
-"""Restarts that resume: under ``torchrun --max-restarts=1 ... resume=auto``, a process killed
+"""Restarts that resume: under ``torchrun --max-restarts=N ... resume=auto``, a process killed
 mid-epoch makes torchrun stop the other and start both again; they continue from latest.pth and
 end with exactly the weights of an uninterrupted run (2 gloo processes on the CPU)."""
 import json
@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def torchrun(script_args: list[str], restarts: int = 0) -> subprocess.CompletedProcess:
+    # the c10d rendezvous, as the README's cluster example: every restart is a new rendezvous round
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--max-restarts={restarts}",
-               f"--master_port={_free_port()}", *script_args]
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{_free_port()}", *script_args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
 
