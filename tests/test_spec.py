@@ -166,3 +166,18 @@ def test_measure_speed_times_the_run_and_leaves_random_states_alone(tmp_path):
     torch.manual_seed(3)
     random.seed(3)
     assert after == (torch.rand(1), random.random())
+
+
+def test_small_data_configs_resolve_to_the_recipe():
+    """Each model's config_small.py: the small-data settings on top of the model's own, with a
+    15-minute budget; the demo configs keep their values (no budget, no EMA)."""
+    for model in ("fcos", "atss", "retinanet"):
+        spec = load_config(f"{model}/config_small.py").resolve()
+        assert type(spec).__module__ == f"{model}.config_small" and spec.work_dir == f"work_dirs/{model}_small"
+        assert (spec.backbone, spec.pretrained, spec.fpn_channels, spec.num_convs, spec.min_size, spec.optimizer,
+                spec.scheduler, spec.ema, spec.time_budget) == ("resnet18", False, 64, 2, (320,), "adamw", "cosine",
+                                                                0.98, 15.0)
+        assert (spec.frozen_stages, spec.freeze_bn, spec.head_norm) == (0, False, "GN")   # from random init
+        assert spec.source("ema") == "config.SmallDataSettings"
+        demo = load_config(f"{model}/config_demo.py")
+        assert (demo.ema, demo.time_budget, demo.min_size, demo.batch_size, demo.epochs) == (0.0, 0.0, (160,), 8, 24)

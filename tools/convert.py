@@ -55,6 +55,9 @@ class ConversionError(ValueError):
 
 
 # ---- shared pieces ----------------------------------------------------------------------------
+# Fewer images than this: the small-data config is the one to start from (README, Small datasets).
+SMALL_DATASET = 1000
+
 def read_class_names(spec: str) -> list[str]:
     """Class names, in order, from a .txt file (one per line), a YOLO data .yaml (``names``:
     a list or {id: name}), or a comma-separated list ("cat,dog")."""
@@ -524,7 +527,8 @@ def main(argv=None) -> int:
               f"or train_images= must point where they are", file=sys.stderr)
     write_json(data, args.out)
     print(f"wrote {args.out}: {summary(data)}")
-    print(f"train with: python train.py --config fcos/config.py train_images={images_dir} "
+    config = "fcos/config_small.py" if len(data["images"]) < SMALL_DATASET else "fcos/config.py"
+    print(f"train with: python train.py --config {config} train_images={images_dir} "
           f"train_annotations={args.out} ...")
     return 0
 
