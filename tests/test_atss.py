@@ -206,6 +206,14 @@ def test_topk_hand_case():
     assert topk_assign(anchors, targets, topk=2).tolist() == [[-1, 0, 1, -1, -1, 1]]
 
 
+def test_centers_inside_by_more_than_a_hundredth():
+    """Official ATSS: a centre counts as inside when min(l, t, r, b) > 0.01 px, strictly."""
+    from atss.assign import centers_inside
+    box = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    centers = torch.tensor([[0.01, 5.0], [0.02, 5.0], [5.0, 0.01], [5.0, 5.0], [-1.0, 5.0]])   # 0.01 in float32 exactly
+    assert centers_inside(centers, box).tolist() == [False, True, False, True, False]
+
+
 # ---- deformable convs -----------------------------------------------------------------------
 def test_dcn_backbone_equals_plain_at_init():
     torch.manual_seed(0)
