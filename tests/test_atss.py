@@ -214,6 +214,64 @@ def test_centers_inside_by_more_than_a_hundredth():
     assert centers_inside(centers, box).tolist() == [False, True, False, True, False]
 
 
+def test_closest_anchors_by_distance_then_index():
+    """Candidates are the nearest centres, even by a few ulps (4.999999 beats 5.000001 at a
+    higher index); only an exact tie goes to the lower index."""
+    from atss.assign import _closest_anchors
+    centres = torch.tensor([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0], [10.0, 0.0]])
+    assert _closest_anchors(centres, torch.tensor([[[5.000001, 0.0]]]), 1).tolist() == [[[3]]]
+    assert _closest_anchors(centres, torch.tensor([[[5.0, 0.0]]]), 2).tolist() == [[[0, 3]]]
+
+
+def test_atss_level_of_one_anchor():
+    """Levels [4, 1, 1] (k = 3): box B = anchor 4 [0, -5, 20, 15] has candidates 0, 1, 2 (level 0)
+    and 4, 5 with IoUs 0.25, 0.25, 0, 1, 0: mean 0.3 + std 0.411 -> only anchor 4. On any device
+    (the answer on the anchors' device: here "meta")."""
+    anchors = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10],
+                            [0, -5, 20, 15], [20, -5, 40, 15]], dtype=torch.float32)
+    targets = torch.tensor([[[0, -5, 20, 15, 1]]], dtype=torch.float32)
+    assert atss_assign(anchors, [4, 1, 1], targets, topk=3).tolist() == [[-1, -1, -1, -1, 0, -1]]
+    for got in (atss_assign(anchors.to("meta"), [4, 1, 1], targets.to("meta"), 3),
+                atss_assign(anchors.to("meta"), [4, 1, 1], targets[:, :0].to("meta"), 3),
+                topk_assign(anchors.to("meta"), targets.to("meta"), 3),
+                topk_assign(anchors.to("meta"), targets[:, :0].to("meta"), 3)):
+        assert got.device.type == "meta" and got.dtype == torch.int64 and got.shape == (1, 6)
+
+
+def test_topk_ties_go_to_the_nearer_centre():
+    """Box [0, 0, 20, 10], k = 1: anchors 1 [0, 0, 10, 10] and 2 [5.5, 0, 15.5, 10] both have IoU
+    0.5; 2's centre is nearer (0.5 px vs 5): 2. Anchor 4, a 2 x 2 box on the centre (IoU 0.02),
+    is nearest but not the best IoU. A single anchor is its box's top 1 when its centre is
+    inside, and never when it is not."""
+    anchors = torch.tensor([[10, 0, 30, 10], [0, 0, 10, 10], [5.5, 0, 15.5, 10], [-20, -20, 60, 30], [9, 4, 11, 6]])
+    box = torch.tensor([[[0, 0, 20, 10, 0]]], dtype=torch.float32)
+    assert topk_assign(anchors, box, topk=1).tolist() == [[-1, -1, 0, -1, -1]]
+    assert topk_assign(anchors[2:3], box, topk=1).tolist() == [[0]]
+    assert topk_assign(torch.tensor([[15.0, 0, 35, 10]]), box, topk=1).tolist() == [[-1]]
+
+
+def test_chunked_candidates_equal_one_block(monkeypatch):
+    """Boxes taken a few at a time (a tiny CANDIDATE_CHUNK_ELEMENTS) give the same assignment."""
+    import atss.assign as assign_module
+    generator = torch.Generator().manual_seed(7)
+    outputs = _outputs_for((128, 160), 2)
+    targets = random_targets((7, 3), (128, 160), generator)
+    whole = (atss_assign(outputs["anchors"], outputs["num_per_level"], targets), topk_assign(outputs["anchors"], targets))
+    monkeypatch.setattr(assign_module, "CANDIDATE_CHUNK_ELEMENTS", 2 * outputs["anchors"].shape[0] * 2)
+    assert torch.equal(atss_assign(outputs["anchors"], outputs["num_per_level"], targets), whole[0])
+    assert torch.equal(topk_assign(outputs["anchors"], targets), whole[1])
+    assert (whole[0] >= 0).sum() > 10 and (whole[1] >= 0).sum() > 10
+
+
+def test_assign_defaults_are_the_papers():
+    """topk 9 (ATSS paper) and FCOS's ranges (64, 128, 256, 512) when not given."""
+    import inspect
+    from atss.assign import ssc_assign
+    assert inspect.signature(atss_assign).parameters["topk"].default == 9
+    assert inspect.signature(topk_assign).parameters["topk"].default == 9
+    assert inspect.signature(ssc_assign).parameters["scale_boundaries"].default == (64, 128, 256, 512)
+
+
 # ---- deformable convs -----------------------------------------------------------------------
 def test_dcn_backbone_equals_plain_at_init():
     torch.manual_seed(0)
