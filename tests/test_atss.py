@@ -334,6 +334,33 @@ def test_loss_hand_case(regression_type, box_reg):
     torch.testing.assert_close(loss["loss_centerness"], torch.tensor(LN2))
 
 
+def test_loss_iou_rule_hand_case():
+    """positive_type "IoU" (fg >= 0.5, bg < 0.4), box B [10, 0, 28, 10] label 1: anchor 1 IoU 5/9
+    (foreground), anchor 2 IoU 0.4 (ignored: no classification loss), the rest background.
+    cls (p = 0.5): anchor 1 (0.25 + 0.75) x 0.25 ln2, 4 background anchors 2 x 0.75 x 0.25 ln2
+    -> 1.75 ln2 / 1 positive. box: zero deltas give anchor 1, GIoU = IoU = 5/9 (B encloses it),
+    x 2, weighted by its one centerness target sqrt(5/13) and / that same sum -> 8/9.
+    centerness: BCE(0, t) = ln2."""
+    outputs = _hand_outputs()
+    targets = torch.tensor([[[10, 0, 28, 10, 1]]], dtype=torch.float32)
+    loss = ATSSLoss(DemoConfig(positive_type="IoU", fg_iou_thresh=0.5, bg_iou_thresh=0.4,
+                               octave_base_scale=8.0))(outputs, targets)
+    torch.testing.assert_close(loss["loss_cls"], torch.tensor(1.75 * LN2))
+    torch.testing.assert_close(loss["loss_box"], torch.tensor(8 / 9))
+    torch.testing.assert_close(loss["loss_centerness"], torch.tensor(LN2))
+
+
+def test_decoder_threshold_is_strict():
+    """A class probability equal to score_thresh (0.5: logit 0) is not a candidate; above is."""
+    outputs = _hand_outputs()
+    outputs["cls_logits"] -= 10
+    outputs["cls_logits"][0, 0, 0] = 0.0
+    outputs["cls_logits"][0, 2, 1] = 0.5
+    result = ATSSDecoder(DemoConfig(score_thresh=0.5))(outputs, torch.tensor([[10, 40]]))[0]
+    assert result["labels"].tolist() == [1]
+    torch.testing.assert_close(result["boxes"], torch.tensor([[20.0, 0.0, 30.0, 10.0]]))
+
+
 def test_loss_against_independent_formula():
     """Random logits on a real grid: focal, weighted GIoU and BCE recomputed from their formulas."""
     generator = torch.Generator().manual_seed(9)
