@@ -206,6 +206,72 @@ def test_topk_hand_case():
     assert topk_assign(anchors, targets, topk=2).tolist() == [[-1, 0, 1, -1, -1, 1]]
 
 
+def test_centers_inside_by_more_than_a_hundredth():
+    """Official ATSS: a centre counts as inside when min(l, t, r, b) > 0.01 px, strictly."""
+    from atss.assign import centers_inside
+    box = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    centers = torch.tensor([[0.01, 5.0], [0.02, 5.0], [5.0, 0.01], [5.0, 5.0], [-1.0, 5.0]])   # 0.01 in float32 exactly
+    assert centers_inside(centers, box).tolist() == [False, True, False, True, False]
+
+
+def test_closest_anchors_by_distance_then_index():
+    """Candidates are the nearest centres, even by a few ulps (4.999999 beats 5.000001 at a
+    higher index); only an exact tie goes to the lower index."""
+    from atss.assign import _closest_anchors
+    centres = torch.tensor([[0.0, 0.0], [100.0, 0.0], [200.0, 0.0], [10.0, 0.0]])
+    assert _closest_anchors(centres, torch.tensor([[[5.000001, 0.0]]]), 1).tolist() == [[[3]]]
+    assert _closest_anchors(centres, torch.tensor([[[5.0, 0.0]]]), 2).tolist() == [[[0, 3]]]
+
+
+def test_atss_level_of_one_anchor():
+    """Levels [4, 1, 1] (k = 3): box B = anchor 4 [0, -5, 20, 15] has candidates 0, 1, 2 (level 0)
+    and 4, 5 with IoUs 0.25, 0.25, 0, 1, 0: mean 0.3 + std 0.411 -> only anchor 4. On any device
+    (the answer on the anchors' device: here "meta")."""
+    anchors = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10],
+                            [0, -5, 20, 15], [20, -5, 40, 15]], dtype=torch.float32)
+    targets = torch.tensor([[[0, -5, 20, 15, 1]]], dtype=torch.float32)
+    assert atss_assign(anchors, [4, 1, 1], targets, topk=3).tolist() == [[-1, -1, -1, -1, 0, -1]]
+    for got in (atss_assign(anchors.to("meta"), [4, 1, 1], targets.to("meta"), 3),
+                atss_assign(anchors.to("meta"), [4, 1, 1], targets[:, :0].to("meta"), 3),
+                topk_assign(anchors.to("meta"), targets.to("meta"), 3),
+                topk_assign(anchors.to("meta"), targets[:, :0].to("meta"), 3)):
+        assert got.device.type == "meta" and got.dtype == torch.int64 and got.shape == (1, 6)
+
+
+def test_topk_ties_go_to_the_nearer_centre():
+    """Box [0, 0, 20, 10], k = 1: anchors 1 [0, 0, 10, 10] and 2 [5.5, 0, 15.5, 10] both have IoU
+    0.5; 2's centre is nearer (0.5 px vs 5): 2. Anchor 4, a 2 x 2 box on the centre (IoU 0.02),
+    is nearest but not the best IoU. A single anchor is its box's top 1 when its centre is
+    inside, and never when it is not."""
+    anchors = torch.tensor([[10, 0, 30, 10], [0, 0, 10, 10], [5.5, 0, 15.5, 10], [-20, -20, 60, 30], [9, 4, 11, 6]])
+    box = torch.tensor([[[0, 0, 20, 10, 0]]], dtype=torch.float32)
+    assert topk_assign(anchors, box, topk=1).tolist() == [[-1, -1, 0, -1, -1]]
+    assert topk_assign(anchors[2:3], box, topk=1).tolist() == [[0]]
+    assert topk_assign(torch.tensor([[15.0, 0, 35, 10]]), box, topk=1).tolist() == [[-1]]
+
+
+def test_chunked_candidates_equal_one_block(monkeypatch):
+    """Boxes taken a few at a time (a tiny CANDIDATE_CHUNK_ELEMENTS) give the same assignment."""
+    import atss.assign as assign_module
+    generator = torch.Generator().manual_seed(7)
+    outputs = _outputs_for((128, 160), 2)
+    targets = random_targets((7, 3), (128, 160), generator)
+    whole = (atss_assign(outputs["anchors"], outputs["num_per_level"], targets), topk_assign(outputs["anchors"], targets))
+    monkeypatch.setattr(assign_module, "CANDIDATE_CHUNK_ELEMENTS", 2 * outputs["anchors"].shape[0] * 2)
+    assert torch.equal(atss_assign(outputs["anchors"], outputs["num_per_level"], targets), whole[0])
+    assert torch.equal(topk_assign(outputs["anchors"], targets), whole[1])
+    assert (whole[0] >= 0).sum() > 10 and (whole[1] >= 0).sum() > 10
+
+
+def test_assign_defaults_are_the_papers():
+    """topk 9 (ATSS paper) and FCOS's ranges (64, 128, 256, 512) when not given."""
+    import inspect
+    from atss.assign import ssc_assign
+    assert inspect.signature(atss_assign).parameters["topk"].default == 9
+    assert inspect.signature(topk_assign).parameters["topk"].default == 9
+    assert inspect.signature(ssc_assign).parameters["scale_boundaries"].default == (64, 128, 256, 512)
+
+
 # ---- deformable convs -----------------------------------------------------------------------
 def test_dcn_backbone_equals_plain_at_init():
     torch.manual_seed(0)
@@ -266,6 +332,33 @@ def test_loss_hand_case(regression_type, box_reg):
     torch.testing.assert_close(loss["loss_cls"], torch.tensor(LN2))
     torch.testing.assert_close(loss["loss_box"], torch.tensor(1.0))
     torch.testing.assert_close(loss["loss_centerness"], torch.tensor(LN2))
+
+
+def test_loss_iou_rule_hand_case():
+    """positive_type "IoU" (fg >= 0.5, bg < 0.4), box B [10, 0, 28, 10] label 1: anchor 1 IoU 5/9
+    (foreground), anchor 2 IoU 0.4 (ignored: no classification loss), the rest background.
+    cls (p = 0.5): anchor 1 (0.25 + 0.75) x 0.25 ln2, 4 background anchors 2 x 0.75 x 0.25 ln2
+    -> 1.75 ln2 / 1 positive. box: zero deltas give anchor 1, GIoU = IoU = 5/9 (B encloses it),
+    x 2, weighted by its one centerness target sqrt(5/13) and / that same sum -> 8/9.
+    centerness: BCE(0, t) = ln2."""
+    outputs = _hand_outputs()
+    targets = torch.tensor([[[10, 0, 28, 10, 1]]], dtype=torch.float32)
+    loss = ATSSLoss(DemoConfig(positive_type="IoU", fg_iou_thresh=0.5, bg_iou_thresh=0.4,
+                               octave_base_scale=8.0))(outputs, targets)
+    torch.testing.assert_close(loss["loss_cls"], torch.tensor(1.75 * LN2))
+    torch.testing.assert_close(loss["loss_box"], torch.tensor(8 / 9))
+    torch.testing.assert_close(loss["loss_centerness"], torch.tensor(LN2))
+
+
+def test_decoder_threshold_is_strict():
+    """A class probability equal to score_thresh (0.5: logit 0) is not a candidate; above is."""
+    outputs = _hand_outputs()
+    outputs["cls_logits"] -= 10
+    outputs["cls_logits"][0, 0, 0] = 0.0
+    outputs["cls_logits"][0, 2, 1] = 0.5
+    result = ATSSDecoder(DemoConfig(score_thresh=0.5))(outputs, torch.tensor([[10, 40]]))[0]
+    assert result["labels"].tolist() == [1]
+    torch.testing.assert_close(result["boxes"], torch.tensor([[20.0, 0.0, 30.0, 10.0]]))
 
 
 def test_loss_against_independent_formula():

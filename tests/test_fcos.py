@@ -118,3 +118,21 @@ def test_relu_regression_starts_alive_from_scratch(bias, alive):
         assert model.head.bbox_pred.weight.grad.abs().sum() > 0
     else:
         assert all_sides < 0.5
+
+
+def test_decoder_threshold_is_strict():
+    """score_thresh_on "cls" (the FCOS code's pre-NMS threshold): a class probability equal to
+    score_thresh (0.5: logit 0) is not a candidate, one above it is. Its box: point (20, 4),
+    stride 8, distances (1, 0.5, 1, 0.5) strides -> [12, 0, 28, 8]; score sqrt(sigmoid(0.5) x 0.5)."""
+    from fcos.decoder import FCOSDecoder
+    cfg = DemoConfig(score_thresh=0.5, score_thresh_on="cls", norm_reg_targets=True)
+    outputs = {"cls_logits": torch.full((1, 3, 2), -5.0), "centerness": torch.zeros(1, 3),
+               "box_reg": torch.tensor([[[1.0, 0.5, 1.0, 0.5]] * 3]),
+               "points": torch.tensor([[4.0, 4.0], [12.0, 4.0], [20.0, 4.0]]), "strides": torch.full((3,), 8.0),
+               "num_per_level": [3]}
+    outputs["cls_logits"][0, 0, 0] = 0.0          # probability 0.5 exactly: not above the threshold
+    outputs["cls_logits"][0, 2, 1] = 0.5
+    result = FCOSDecoder(cfg)(outputs, torch.tensor([[32, 32]]))[0]
+    assert result["labels"].tolist() == [1]
+    torch.testing.assert_close(result["boxes"], torch.tensor([[12.0, 0.0, 28.0, 8.0]]))
+    torch.testing.assert_close(result["scores"], torch.sigmoid(torch.tensor([0.5])).mul(0.5).sqrt())

@@ -2,14 +2,14 @@
 whole groups against torchvision's batched_nms."""
 import pytest
 import torch
-from torchvision.ops import batched_nms, sigmoid_focal_loss
+from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
 from public.ops import decoder as postprocess
-from public.ops.losses import focal_loss_per_location
+from public.ops.losses import box_iou_loss, focal_loss_per_location, official_fcos_iou_loss
 from public.ops.decoder import grouped_nms
 
 
-@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.5)])
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.5), (0.0, 2.0)])
 def test_focal_loss_per_location_equals_torchvision(alpha, gamma):
     generator = torch.Generator().manual_seed(0)
     logits = (torch.randn(3, 500, 7, generator=generator) * 4 - 1).requires_grad_()
@@ -28,6 +28,16 @@ def test_focal_loss_per_location_equals_torchvision(alpha, gamma):
     torch.testing.assert_close(grad_got, grad_expected, rtol=1e-4, atol=1e-6)
 
 
+def test_focal_loss_defaults_are_the_papers():
+    """alpha 0.25, gamma 2 when not given: torchvision's defaults, the RetinaNet paper's."""
+    logits = torch.tensor([[[-1.0, 0.5, 3.0], [2.0, -2.0, 0.0]]])                  # [1, 2, 3]
+    idx = torch.tensor([0])
+    target = torch.zeros_like(logits)
+    target[0, 1, 2] = 1.0
+    expected = sigmoid_focal_loss(logits, target, reduction="none").sum(dim=2)
+    torch.testing.assert_close(focal_loss_per_location(logits, idx, torch.tensor([1]), torch.tensor([2])), expected)
+
+
 def test_focal_loss_without_positives_is_all_negative():
     logits = torch.tensor([[[0.0, 2.0]]])
     empty = torch.zeros(0, dtype=torch.long)
@@ -36,6 +46,35 @@ def test_focal_loss_without_positives_is_all_negative():
     p = torch.sigmoid(torch.tensor(2.0))
     expected = 0.75 * 0.25 * torch.log(torch.tensor(2.0)) + 0.75 * p ** 2 * torch.nn.functional.softplus(torch.tensor(2.0))
     torch.testing.assert_close(got, expected.reshape(1, 1))
+
+
+def test_box_iou_loss_by_hand():
+    """kind "iou": -log(inter / union), areas and overlap clamped at 0 (sub-pixel sides stay
+    sub-pixel); "giou" is torchvision's; the eps is added to the union (tiny pairs stay finite)."""
+    pred = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 0.5, 2.0], [0.0, 0.0, 1.0, 1.0]])
+    target = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.5, 1.5, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [2.0, 2.0, 3.0, 3.0]])
+    # inter / union: 1 / 7; 0.25 / (4 + 2.25 - 0.25); 1 / 4; 0 -> clamped to eps
+    expected = -torch.log(torch.tensor([1 / 7, 0.25 / 6, 1 / 4, 1e-7]))
+    torch.testing.assert_close(box_iou_loss(pred, target, "iou"), expected)
+    torch.testing.assert_close(box_iou_loss(pred, target), generalized_box_iou_loss(pred, target))
+    side = 2.0 ** -12                                                      # area 2^-24 ~ 6e-8, near eps
+    tiny = torch.tensor([[0.0, 0.0, side, side]], dtype=torch.float64)
+    torch.testing.assert_close(box_iou_loss(tiny, tiny, "iou"),
+                               -torch.log(torch.tensor([2.0 ** -24 / (2.0 ** -24 + 1e-7)], dtype=torch.float64)))
+    with pytest.raises(ValueError, match="box loss must be 'giou' or 'iou', got 'l1'"):
+        box_iou_loss(pred, target, "l1")
+
+
+def test_official_iou_loss_of_a_tiny_pair_and_bad_kind():
+    """The official GIoU's 1e-7 is added to the enclosing area: a zero-size prediction against a
+    2e-4 x 1e-4 target (areas ~1e-8) gives 1 - (IoU - (E - U) / E) with E = 2e-8 + 1e-7."""
+    pred = torch.zeros(1, 4, dtype=torch.float64)
+    target = torch.tensor([[1e-4, 0.0, 1e-4, 1e-4]], dtype=torch.float64)
+    union, enclosing = 2e-8, 2e-8 + 1e-7
+    expected = 1 - (1 / (union + 1) - (enclosing - union) / enclosing)
+    torch.testing.assert_close(official_fcos_iou_loss(pred, target, "giou"), torch.tensor([expected], dtype=torch.float64))
+    with pytest.raises(ValueError, match="official FCOS IoU loss kind must be 'giou' or 'iou', got 'l1'"):
+        official_fcos_iou_loss(pred, target, "l1")
 
 
 @pytest.mark.parametrize("max_boxes_per_call", [0, 40, 300, 5000])

@@ -176,6 +176,7 @@ FCOS_CASES = {
     "pixels": {"norm_reg_targets": False},                       # exp() head, distances in pixels
     "no_center_sampling": {"center_sampling_radius": 0.0},
     "small_ranges": {"scale_boundaries": (16, 32, 48, 64)},      # every level gets positives
+    "sampling_under_a_stride": {"center_sampling_radius": 0.9},  # a radius in (0, 1) still samples
 }
 
 
@@ -206,6 +207,29 @@ def test_fcos_loss_against_reference(case):
         inside = side.min(-1).values > 0
         assert (inside & torch.isin(side.max(-1).values, torch.tensor([64.0, 128.0]))).any()
         assert strides.unique().numel() == 5
+
+
+def test_fcos_loss_of_one_off_centre_positive():
+    """One box around one location, off centre (l, t, r, b = 1, 1, 3, 1 px): the only positive,
+    centerness sqrt(1/3) < 1. The centerness-weighted box loss is then that location's loss
+    (sum of weights 0.577 divides, not a floor of 1)."""
+    cfg = FCOSConfig(**SMALL)
+    outputs = dict(geometry(cfg))
+    N = outputs["points"].shape[0]
+    x, y = outputs["points"][40].tolist()
+    targets = torch.tensor([[[x - 1, y - 1, x + 3, y + 1, 2.0]], [[-1.0] * 5]])
+    generator = torch.Generator().manual_seed(5)
+    outputs["cls_logits"] = torch.randn(2, N, NUM_CLASSES, generator=generator)
+    outputs["centerness"] = torch.randn(2, N, generator=generator)
+    outputs["box_reg"] = 0.05 + torch.rand(2, N, 4, generator=generator) * 0.5   # strides of 8
+    expected, num_pos = reference_fcos_loss(outputs, targets, official("fcos"))
+    got = cfg.build_loss()(outputs, targets)
+    assert num_pos == 1
+    l, t, r, b = (v * 8 for v in outputs["box_reg"][0, 40].tolist())
+    by_hand = 1 - ref.giou_xyxy([x - l, y - t, x + r, y + b], [x - 1, y - 1, x + 3, y + 1])
+    assert expected["loss_box"] == pytest.approx(by_hand)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key].double(), torch.tensor(value, dtype=torch.float64), rtol=2e-5, atol=1e-6)
 
 
 def test_fcos_head_variants_wired_as_named():

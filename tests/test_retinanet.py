@@ -370,6 +370,21 @@ def test_batch_normalizer_counts_positives_over_the_batch():
     per_image = Config(box_loss="l1", loss_normalizer="per_image").build_loss()(outputs, targets)
     torch.testing.assert_close(batch["loss_box"], torch.tensor(0.5 / 3))
     torch.testing.assert_close(per_image["loss_box"], torch.tensor((0.0 / 1 + 0.5 / 2) / 2))
+    # one foreground anchor in the batch: divided by 1 (the floor of 1 is not reached)
+    one = {**outputs, "cls_logits": outputs["cls_logits"][1:], "box_reg": outputs["box_reg"][1:]}
+    single = Config(box_loss="l1", loss_normalizer="batch").build_loss()(one, targets[1:, 1:])
+    torch.testing.assert_close(single["loss_box"], torch.tensor(0.5))
+
+
+def test_decoder_threshold_is_strict():
+    """A probability equal to score_thresh (0.5: logit 0) is not a candidate; above it is: a1."""
+    outputs = {"cls_logits": torch.full((1, 5, 2), -10.0), "box_reg": torch.zeros(1, 5, 4),
+               "anchors": ANCHORS, "num_per_level": [5]}
+    outputs["cls_logits"][0, 0, 0] = 0.0
+    outputs["cls_logits"][0, 1, 1] = 0.5
+    result = Config(score_thresh=0.5).build_decoder()(outputs, torch.tensor([[40, 40]]))[0]
+    assert result["labels"].tolist() == [1]
+    torch.testing.assert_close(result["boxes"], ANCHORS[1:2].float())
 
 
 # ---- the demo model end to end ----------------------------------------------------------------
