@@ -57,9 +57,9 @@ PAPERS = ["backbone=resnet18", "pretrained=False", "min_size=(400,)", "max_size=
           "epochs=12", "batch_size=4", "eval_interval=3"]
 # The small-data recipe (the race's result; docs/results.md, "The small-data race").
 RECIPE = ["backbone=resnet18", "pretrained=False", "fpn_channels=64", "num_convs=2",
-          "min_size=(320,)", "max_size=320", "test_min_size=320", "batch_size=8",
+          "min_size=(320,)", "max_size=320", "test_min_size=320", "batch_size=4",
           "optimizer=adamw", "lr=0.004", "weight_decay=0.05", "bias_lr_factor=1", "scheduler=cosine",
-          "warmup_iters=100", "epochs=40", "eval_interval=4"]
+          "warmup_iters=100", "epochs=16", "eval_interval=4"]
 
 CONTENDERS = {
     "fcos": ("ours", "fcos/config.py", RECIPE),
@@ -393,7 +393,8 @@ def tv_fcos_train(data: dict, run_dir: str, seed: int, minutes: float) -> None:
 def run_job(job: dict, args) -> list[dict]:
     name, seed = job["contender"], job["seed"]
     kind = CONTENDERS[name][0]
-    run_dir = Path(args.out) / "runs" / f"{name}_s{seed}"
+    label = f"{name}+{args.tag}" if args.tag and CONTENDERS[name][0] == "ours" else name
+    run_dir = Path(args.out) / "runs" / f"{label}_s{seed}"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     if kind == "ours":
         points = run_ours(name, seed, run_dir, job["data"], args.minutes, args.threads, args.keys)
@@ -403,14 +404,14 @@ def run_job(job: dict, args) -> list[dict]:
         points = run_torchvision(seed, run_dir, job["data"], args.minutes, args.threads)
     samples_file = run_dir.with_suffix(".cpu.json")
     samples = json.loads(samples_file.read_text()) if samples_file.is_file() else [[0.0, 0.0]]
-    rows = [{"contender": name, "seed": seed, **p, "wall_minutes": p["minutes"],
+    rows = [{"contender": label, "seed": seed, **p, "wall_minutes": p["minutes"],
              "minutes": cpu_minutes(samples, p["minutes"])} for p in points]
     if not rows:       # a run with no evaluation is a row too, so that the table shows it
-        rows = [{"contender": name, "seed": seed, "epoch": 0, "minutes": None, "mAP": None, "AP50": None}]
+        rows = [{"contender": label, "seed": seed, "epoch": 0, "minutes": None, "mAP": None, "AP50": None}]
     with open(Path(args.out) / "race.jsonl", "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print(f"race: {name} seed {seed}: {len(points)} evaluations, last mAP "
+    print(f"race: {label} seed {seed}: {len(points)} evaluations, last mAP "
           f"{rows[-1]['mAP']}", flush=True)
     return rows
 
@@ -495,6 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--voc", default=str(VOC_DEFAULT), help="a VOC folder: annotations/, images/, train.txt, test.txt")
     parser.add_argument("--venv", default=str(VENV_DEFAULT), help="Ultralytics' virtual environment")
     parser.add_argument("--keys", nargs="*", default=[], help="extra train.py keys for our contenders")
+    parser.add_argument("--tag", default="", help="a name for --keys: our contenders' rows read 'fcos+TAG'")
     parser.add_argument("--table", help="a race.jsonl: print its table (and --figure) and stop")
     parser.add_argument("--figure", help="where to draw the figure (default: --out/race.png)")
     args = parser.parse_args(argv)
@@ -506,8 +508,10 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         data = convert(Path(args.voc), out)
         done = {(r["contender"], r["seed"]) for r in read_rows(out / "race.jsonl")} if (out / "race.jsonl").is_file() else set()
+        def label(c):
+            return f"{c}+{args.tag}" if args.tag and CONTENDERS[c][0] == "ours" else c
         jobs = [{"contender": c, "seed": s, "data": data} for s in args.seeds for c in args.contenders
-                if (c, s) not in done]
+                if (label(c), s) not in done]
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             list(pool.map(lambda job: run_job(job, args), jobs))
         rows = read_rows(out / "race.jsonl")
