@@ -470,8 +470,21 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path, minutes: float | None = None) -> None:
-    """mAP against CPU minutes, every evaluation a point, one colour per contender, a line per seed."""
+def whole_image_floor(val_annotations: str) -> float:
+    """The mAP of a detector that answers every image with one box, the whole image: a floor that
+    says how much of a score large objects give away for free (raccoon val: 0.118)."""
+    coco = json.loads(Path(val_annotations).read_text())
+    cat_id = min(c["id"] for c in coco["categories"])
+    results = [{"image_id": im["id"], "category_id": cat_id, "bbox": [0, 0, im["width"], im["height"]], "score": 1.0}
+               for im in coco["images"]]
+    path = Path(val_annotations).with_name("whole_image_results.json")
+    path.write_text(json.dumps(results))
+    return score_results(path, val_annotations)["mAP"]
+
+
+def plot(rows: list[dict], path: Path, minutes: float | None = None, floor: float | None = None) -> None:
+    """mAP against CPU minutes, every evaluation a point, one colour per contender, a line per seed;
+    the budget and the whole-image floor as dotted lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -488,7 +501,9 @@ def plot(rows: list[dict], path: Path, minutes: float | None = None) -> None:
                         label=name if seed == min(r["seed"] for r in rows if r["contender"] == name) else None)
     if minutes is not None:
         ax.axvline(minutes, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("CPU minutes (one thread, wall time since start)")
+    if floor is not None:
+        ax.axhline(floor, color="black", linestyle=":", linewidth=0.8, label="whole image, one box")
+    ax.set_xlabel("CPU minutes used (one thread)")
     ax.set_ylabel("val mAP (COCO 0.5:0.95)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -510,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keys", nargs="*", default=[], help="extra train.py keys for our contenders")
     parser.add_argument("--tag", default="", help="a name for --keys: our contenders' rows read 'fcos+TAG'")
     parser.add_argument("--table", help="a race.jsonl: print its table (and --figure) and stop")
+    parser.add_argument("--val", help="with --table: the val json, for the whole-image floor")
     parser.add_argument("--figure", help="where to draw the figure (default: --out/race.png)")
     args = parser.parse_args(argv)
 
@@ -533,7 +549,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"evaluations within {budget:.1f} minutes of each run's start")
     print(format_table(summarise(rows, budget)))
     figure = Path(args.figure) if args.figure else Path(args.table or Path(args.out) / "race.jsonl").with_suffix(".png")
-    plot(rows, figure, args.minutes)
+    floor = None
+    if not args.table or args.val:
+        floor = whole_image_floor(args.val or str(Path(args.out) / "data" / "val.json"))
+        print(f"whole image as one box: mAP {floor:.3f}")
+    plot(rows, figure, args.minutes, floor)
     print(f"figure: {figure}")
 
 

@@ -100,3 +100,15 @@ def test_cpu_minutes_from_samples():
     assert race.cpu_minutes(samples, 0.5) == pytest.approx(0.25)
     assert race.cpu_minutes(samples, 1.5) == pytest.approx(1.0)
     assert race.cpu_minutes(samples, 3.0) == pytest.approx(2.5)       # past the last sample: wall time added
+
+
+def test_whole_image_floor(tmp_path):
+    """Image 1's box covers 800 of its 5000 px (IoU 0.16: missed); image 2's box (moved to its
+    right half) is half of the image (IoU 0.5: found at IoU 0.5 only). Equal scores keep image order (COCOeval's stable sort):
+    the miss ranks first, so precision is 1/2 at recalls 0..0.5 (51 of COCO's 101 points): AP50 =
+    0.5 x 51 / 101, and every other IoU threshold scores 0: mAP = AP50 / 10."""
+    coco = json.loads(val_json(tmp_path).read_text())
+    coco["annotations"][1]["bbox"] = [100, 0, 100, 100]
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    floor = race.whole_image_floor(str(tmp_path / "val.json"))
+    assert floor == pytest.approx(0.5 * 51 / 101 / 10)
