@@ -63,6 +63,15 @@ def test_ours_points_read_evaluation_rows_only(tmp_path):
     assert race.ours_points(metrics) == [{"epoch": 2, "minutes": 1.5, "mAP": 0.1, "AP50": 0.3},
                                          {"epoch": 4, "minutes": 3.0, "mAP": 0.2, "AP50": 0.5}]
     assert race.ours_points(tmp_path / "missing.jsonl") == []
+    # with the log and the process's start: minutes from the start to each evaluation's log line
+    # (start-up included), local time as the log writes it
+    import time
+    start = time.mktime(time.strptime("2026-01-02 10:00:00", "%Y-%m-%d %H:%M:%S"))
+    log = tmp_path / "train.log"
+    log.write_text("2026-01-02 10:00:30 config fcos.config\n2026-01-02 10:02:00 epoch 2: mAP 0.1000  mAR 0.2\n"
+                   "2026-01-02 10:02:01 new best mAP 0.1000 at epoch 2\n")
+    points = race.ours_points(metrics, log, start)
+    assert [p["minutes"] for p in points] == [2.0, 3.0]      # epoch 4 is not in the log: the row's time
 
 
 ROWS = [
