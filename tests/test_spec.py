@@ -123,6 +123,7 @@ def test_epochs_for_budget_fit_training_and_evaluations():
     assert epochs_for_budget(1.0, 30.0, Speed(0.5, 0.1), 10, 50, 2)[0] == 3      # (30 - 5) / 7.5
     assert epochs_for_budget(1.0, 0.0, Speed(0.5, 0.1), 10, 50, 1)[0] == 5       # (60 - 5) / 10
     assert epochs_for_budget(0.01, 0.0, Speed(0.5, 0.1), 10, 50, 1)[0] == 1      # at least one
+    assert epochs_for_budget(10.0, 0.0, Speed(0.5, 0.1), 10, 50, 2)[0] == 79     # (600 - 5) / 7.5: minutes x 60
 
 
 def test_time_budget_resolves_epochs_and_a_resumed_run_keeps_them():
@@ -181,3 +182,66 @@ def test_small_data_configs_resolve_to_the_recipe():
         assert spec.source("ema") == "config.SmallDataSettings"
         demo = load_config(f"{model}/config_demo.py")
         assert (demo.ema, demo.time_budget, demo.min_size, demo.batch_size, demo.epochs) == (0.0, 0.0, (160,), 8, 24)
+
+
+def test_measure_speed_times_the_steps_it_says_on_a_fake_clock(tmp_path, monkeypatch):
+    """On a clock that only moves inside the model (1 s a training forward, 0.25 s an image at
+    evaluation), the speed is exactly 1 s an iteration and 0.25 s a val image: the warmup steps
+    are left out, TIMED_STEPS steps (each a forward, backward and optimizer step) and
+    TIMED_VAL_BATCHES batches (each decoded) are timed, and the throwaway model is evaluated in
+    eval mode."""
+    from helpers import demo_subset
+    from public.data.loaders import build_dataset
+    from public.engine.train import budget
+
+    images, annotations = demo_subset(tmp_path, 16, "train")     # 8 batches: more than the 6 steps
+    spec = load_config("fcos/config_demo.py", [f"train_images={images}", f"train_annotations={annotations}",
+                                               f"val_images={images}", f"val_annotations={annotations}",
+                                               "fpn_channels=32", "num_convs=1", "min_size=(64,)", "max_size=64",
+                                               "test_min_size=64", "batch_size=2", "num_workers=0"]).resolve()
+    train_set, val_set = build_dataset(spec, train=True), build_dataset(spec, train=False)
+    clock = {"now": 100.0, "train": 0, "eval": 0, "steps": 0, "decoded": 0, "epochs": []}
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock["now"])
+    build_model, build_decoder, build_optimizer = type(spec).build_model, type(spec).build_decoder, budget.build_optimizer
+
+    def timed_model(self, num_classes):
+        model = build_model(self, num_classes)
+        forward = model.forward
+
+        def ticking(images):
+            if model.training:
+                clock["now"], clock["train"] = clock["now"] + 1.0, clock["train"] + 1
+            else:
+                clock["now"], clock["eval"] = clock["now"] + 0.25 * len(images), clock["eval"] + 1
+            return forward(images)
+        model.forward = ticking
+        return model
+
+    def counting_decoder(self):
+        decoder = build_decoder(self)
+        decode = decoder.forward
+
+        def counted(*args):
+            clock["decoded"] += 1
+            return decode(*args)
+        decoder.forward = counted
+        return decoder
+
+    def counting_optimizer(spec, model):
+        optimizer = build_optimizer(spec, model)
+        step = optimizer.step
+
+        def counted(*args, **keywords):
+            assert all(p.grad is not None for p in model.parameters() if p.requires_grad)   # after backward
+            clock["steps"] += 1
+            return step(*args, **keywords)
+        optimizer.step = counted
+        return optimizer
+
+    monkeypatch.setattr(type(spec), "build_model", timed_model)
+    monkeypatch.setattr(type(spec), "build_decoder", counting_decoder)
+    monkeypatch.setattr(budget, "build_optimizer", counting_optimizer)
+    speed = budget.measure_speed(spec, train_set, val_set, torch.device("cpu"))
+    assert speed == budget.Speed(1.0, 0.25)
+    assert (clock["train"], clock["steps"]) == (budget.WARMUP_STEPS + budget.TIMED_STEPS,) * 2 == (6, 6)
+    assert (clock["eval"], clock["decoded"]) == (budget.TIMED_VAL_BATCHES,) * 2 == (2, 2)
