@@ -91,6 +91,10 @@ class _hold_after_first:
 
 if __name__ == "__main__":
     point, marker, *args = sys.argv[1:]
+    kind, _, where = point.partition(":")
+    if kind == "kill" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" \
+            and os.environ.get("RANK") == where.partition(":")[0]:
+        time.sleep(3)
     install(point, marker)
     import train
     sys.exit(train.main(args))

@@ -39,9 +39,28 @@ def init_distributed(device_kind: str) -> torch.device:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        store = _attempt_store()
+        joined = {} if store is None else {"store": store, "rank": int(os.environ["RANK"]),
+                                           "world_size": int(os.environ["WORLD_SIZE"])}
+        dist.init_process_group(backend="nccl" if cuda else "gloo", **joined)
         return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def _attempt_store() -> dist.Store | None:
+    """The rendezvous store of this torchrun attempt, its keys apart from earlier attempts'.
+
+    With ``--rdzv-backend=c10d`` torchrun's agent keeps one store server for all its restarts
+    (``--max-restarts``), and the processes of attempt N find the keys attempt N-1 wrote there:
+    a process that reads a peer's connection key before the restarted peer has rewritten it gets
+    the dead process's address, and gloo's pair setup then waits forever (both sides listening).
+    A prefix per attempt (``TORCHELASTIC_RESTART_COUNT``) makes every attempt read only its own
+    keys. None (torch's own store) outside torchrun's elastic agent."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    store, _, _ = next(dist.rendezvous("env://"))
+    return dist.PrefixStore(f"densedet/attempt_{attempt}", store)
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
