@@ -64,7 +64,8 @@ PAPERS = ["backbone=resnet18", "pretrained=False", "min_size=(400,)", "max_size=
 RECIPE = ["backbone=resnet18", "pretrained=False", "fpn_channels=64", "num_convs=2",
           "min_size=(320,)", "max_size=320", "test_min_size=320", "batch_size=4",
           "optimizer=adamw", "lr=0.004", "weight_decay=0.05", "bias_lr_factor=1", "scheduler=cosine",
-          "warmup_iters=100", "epochs=12", "eval_interval=3", "ema=0.98"]
+          "warmup_iters=100", "epochs=12", "eval_interval=3", "ema=0.98", "scale_jitter=(0.5,1.5)",
+          "mosaic=0.5", "mosaic_close=5", "photometric=0.5"]
 
 CONTENDERS = {
     "fcos": ("ours", "fcos/config.py", RECIPE),
